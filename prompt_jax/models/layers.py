@@ -50,6 +50,7 @@ class RMSNorm(nn.Module):
     scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
     x32 = x.astype(jnp.float32)
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    scale = scale.reshape((1,) * (x.ndim - 1) + scale.shape)  # Explicit rank: [..., D].
     return (x32 * jax.lax.rsqrt(var + self.epsilon) * scale).astype(self.dtype)
 
 
@@ -72,9 +73,8 @@ def relative_position_buckets(query_len: int, key_len: int, *, bidirectional: bo
     n = np.maximum(n, 0)
   max_exact = num_buckets // 2
   is_small = n < max_exact
-  with np.errstate(divide="ignore"):
-    ratio = np.log(n.astype(np.float32) / np.float32(max_exact)) / np.float32(
-        np.log(max_distance / max_exact))
+  n_large = np.maximum(n, max_exact).astype(np.float32)  # Only used where n >= max_exact.
+  ratio = np.log(n_large / np.float32(max_exact)) / np.float32(np.log(max_distance / max_exact))
   large = max_exact + (ratio * np.float32(num_buckets - max_exact)).astype(np.int64)
   large = np.minimum(large, num_buckets - 1)
   ret += np.where(is_small, n, large)

@@ -1,0 +1,142 @@
+"""Prompt initializers, each a Flax-style `init(key, shape, dtype) -> [P, D]` closure.
+
+Initializers that need the frozen model's embedding table [V, D] (sampled vocab, class
+labels, from string) capture it when built, after the pretrained checkpoint is loaded, so
+the prompt starts from the *pretrained* embeddings, never from a random init of them.
+
+Defaults follow Lester et al. (2021) and its reference implementation:
+  random_uniform()          U[-0.5, 0.5]  (the paper)
+  reference_uniform()       U[0, 0.5)     (the reference code's default random init)
+  sampled_vocab(E)          rows of E drawn from its first 5,000 rows, without replacement
+  class_labels(E, ids)      row i = mean embedding of label i's sub-tokens; the rest sampled vocab
+  from_string(E, ids)       the embedded token ids of a string; the rest sampled vocab
+  from_npy(path)            a saved [P, D] prompt (np.load with allow_pickle=False)
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+DEFAULT_POPULATION = 5000
+
+
+def _check_2d(shape: Sequence[int]) -> tuple[int, int]:
+  if len(shape) != 2:
+    raise ValueError(f"Prompt initializers build [P, D] arrays; asked for shape {tuple(shape)}.")
+  return int(shape[0]), int(shape[1])
+
+
+def random_uniform(minval: float = -0.5, maxval: float = 0.5) -> Initializer:
+  """U[minval, maxval): the paper's random init is U[-0.5, 0.5]."""
+
+  def init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    return jax.random.uniform(key, tuple(shape), dtype, minval, maxval)
+
+  return init
+
+
+def reference_uniform() -> Initializer:
+  """U[0, 0.5): the random init the reference implementation uses by default."""
+  return random_uniform(0.0, 0.5)
+
+
+def _check_embedding(embedding: Array | np.ndarray, d: int) -> None:
+  if embedding.ndim != 2 or embedding.shape[1] != d:
+    raise ValueError(f"Embedding table must be [V, D={d}], got {tuple(embedding.shape)}.")
+
+
+def sampled_vocab(embedding: Array | np.ndarray,
+                  population: int = DEFAULT_POPULATION) -> Initializer:
+  """Rows of the embedding table drawn without replacement from its first `population` rows."""
+
+  def init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    p, d = _check_2d(shape)
+    _check_embedding(embedding, d)
+    pool = min(population, embedding.shape[0])
+    if p > pool:
+      raise ValueError(f"Cannot sample {p} distinct rows from a population of {pool}; "
+                       "use a larger population or a shorter prompt.")
+    rows = jax.random.choice(key, pool, (p,), replace=False)
+    return jnp.asarray(embedding)[rows].astype(dtype)
+
+  return init
+
+
+def _with_fallback(head: Array, key: Array, shape: Sequence[int], dtype,
+                   fallback: Initializer, what: str) -> Array:
+  p, d = _check_2d(shape)
+  if head.shape[0] > p:
+    raise ValueError(f"{what} needs {head.shape[0]} prompt rows but the prompt has only {p}; "
+                     "increase the prompt length.")
+  if head.shape[0] == p:
+    return head.astype(dtype)
+  rest = fallback(key, (p - head.shape[0], d), dtype)
+  return jnp.concatenate([head.astype(dtype), rest], axis=0)
+
+
+def class_labels(embedding: Array | np.ndarray, label_token_ids: Sequence[Sequence[int]],
+                 fallback: Initializer | None = None) -> Initializer:
+  """Row i is the mean embedding of label i's sub-tokens; remaining rows from `fallback`.
+
+  Args:
+    embedding: the frozen model's embedding table [V, D].
+    label_token_ids: token ids of each class label string (no EOS), e.g. from
+      `vocab.encode("entailment")`.
+    fallback: initializer for the remaining rows (default: sampled vocab).
+  """
+  if not label_token_ids or any(len(ids) == 0 for ids in label_token_ids):
+    raise ValueError(f"Every class label needs at least one token, got {label_token_ids!r}.")
+  fallback = fallback or sampled_vocab(embedding)
+
+  def init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    _check_embedding(embedding, _check_2d(shape)[1])
+    table = jnp.asarray(embedding)
+    head = jnp.stack([table[jnp.asarray(ids)].mean(axis=0) for ids in label_token_ids])
+    return _with_fallback(head, key, shape, dtype, fallback, "class_labels")
+
+  return init
+
+
+def from_string(embedding: Array | np.ndarray, token_ids: Sequence[int],
+                fallback: Initializer | None = None) -> Initializer:
+  """The first rows are the embedded tokens of a string; remaining rows from `fallback`."""
+  if len(token_ids) == 0:
+    raise ValueError("from_string needs a non-empty token sequence.")
+  fallback = fallback or sampled_vocab(embedding)
+
+  def init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    _check_embedding(embedding, _check_2d(shape)[1])
+    head = jnp.asarray(embedding)[jnp.asarray(token_ids)]
+    return _with_fallback(head, key, shape, dtype, fallback, "from_string")
+
+  return init
+
+
+def load_npy_prompt(path: str | pathlib.Path) -> np.ndarray:
+  """Reads a saved prompt; never unpickles."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"Prompt file {path} does not exist.")
+  return np.load(path, allow_pickle=False)
+
+
+def from_npy(path: str | pathlib.Path) -> Initializer:
+  """A saved prompt [P, D] (the reference implementation's .npy format)."""
+  array = load_npy_prompt(path)
+
+  def init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    del key
+    if tuple(array.shape) != tuple(shape):
+      raise ValueError(f"Prompt file {path} holds shape {tuple(array.shape)} but the prompt "
+                       f"is {tuple(shape)} (PROMPT_LENGTH x d_model); use a matching file or "
+                       "prompt length.")
+    return jnp.asarray(array, dtype)
+
+  return init

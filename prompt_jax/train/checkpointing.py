@@ -1,0 +1,91 @@
+"""Training checkpoints (Orbax) and prompt export.
+
+A checkpoint holds only what training changes: the trainable subtree, its optimizer state,
+the step, the data position and the RNG. The frozen model is re-read from the pretrained
+checkpoint on every start. Orbax writes each step into a temporary directory and renames
+it when complete, so a run killed at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+from typing import Any
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from prompt_jax.train.step import TrainState
+
+
+class Checkpointer:
+  """Saves and restores `TrainState` + JSON metadata under `<model_dir>/checkpoints/`."""
+
+  def __init__(self, model_dir: str | os.PathLike, *, keep: int = 3):
+    self.directory = pathlib.Path(model_dir).absolute() / "checkpoints"
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+    step = int(jax.device_get(state.step))
+    tree = flax.serialization.to_state_dict(state)
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+    self._manager.wait_until_finished()
+    logging.info("Saved checkpoint %d to %s.", step, self.directory)
+
+  def restore(self, target: TrainState, step: int | None = None
+              ) -> tuple[TrainState, dict[str, Any]]:
+    """Restores into the structure (and shardings) of `target` (arrays or ShapeDtypeStructs)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    abstract = jax.tree_util.tree_map(_abstract, flax.serialization.to_state_dict(target))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    state = flax.serialization.from_state_dict(target, restored["state"])
+    return state, dict(restored["meta"])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _abstract(x: Any) -> Any:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  sharding = getattr(x, "sharding", None)
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+
+def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+  """Writes via a temporary file and rename, so readers never see a partial file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
+def export_prompt_npy(prompt: np.ndarray, model_dir: str | os.PathLike, step: int) -> pathlib.Path:
+  """Writes `<model_dir>/prompts/prompt_<step>.npy` ([P, D] float32, the reference format)."""
+  import io
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(prompt, np.float32), allow_pickle=False)
+  path = pathlib.Path(model_dir) / "prompts" / f"prompt_{step}.npy"
+  atomic_write_bytes(path, buf.getvalue())
+  return path
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

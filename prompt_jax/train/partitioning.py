@@ -1,0 +1,98 @@
+"""Logical -> mesh partitioning on a ('data', 'model') mesh.
+
+Parameters and key activations carry T5X's logical axis names; `logical_axis_rules` maps
+them onto the mesh in one place. Prompt axes stay replicated: a prompt is kilobytes, and
+replicating it keeps the prompt's gradient an all-reduce over `data` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "model")
+Rules = Sequence[tuple[str, str | None]]
+
+
+def logical_axis_rules() -> tuple[tuple[str, str | None], ...]:
+  """The logical -> mesh axis table (T5X's standard rules for a 2-D mesh)."""
+  return (
+      ("batch", "data"),
+      ("vocab", "model"),
+      ("mlp", "model"),
+      ("heads", "model"),
+      ("joined_kv", "model"),
+      ("kv", None),
+      ("embed", None),
+      ("length", None),
+      ("relpos_buckets", None),
+      ("prompt", None),
+      ("prompt_embed", None),
+      ("prompt_tasks", None),
+  )
+
+
+def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, model) mesh: model-parallel size `num_partitions`, data-parallel the rest."""
+  devices = list(devices if devices is not None else jax.devices())
+  if num_partitions < 1 or len(devices) % num_partitions:
+    raise ValueError(f"NUM_PARTITIONS={num_partitions} must divide the device count "
+                     f"{len(devices)} (data-parallel size = devices / NUM_PARTITIONS).")
+  grid = np.asarray(devices, dtype=object).reshape(len(devices) // num_partitions,
+                                                   num_partitions)
+  return Mesh(grid, MESH_AXES)
+
+
+def maybe_initialize_distributed() -> None:
+  """Calls `jax.distributed.initialize()` when launched as one process of several."""
+  import os  # Local: only the multi-process launch path needs the environment.
+  markers = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
+             "OMPI_COMM_WORLD_SIZE")
+  if any(os.environ.get(m) for m in markers) and jax.process_count() == 1:
+    try:
+      jax.distributed.initialize()
+    except RuntimeError as e:  # Already initialised by the launcher.
+      logging.info("jax.distributed.initialize skipped: %s", e)
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, name: str) -> PartitionSpec:
+  """Replicates any dimension the mesh axis does not divide (tiny test models)."""
+  fitted = []
+  for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    size = 1 if axis is None else int(np.prod([mesh.shape[a] for a in np.atleast_1d(axis)]))
+    if axis is not None and dim % size:
+      logging.info("%s: dim %d not divisible by mesh axis %s=%d; replicated.", name, dim,
+                   axis, size)
+      axis = None
+    fitted.append(axis)
+  return PartitionSpec(*fitted)
+
+
+def shardings_for(boxed_tree: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+  """NamedShardings for a tree of `nn.LogicallyPartitioned` leaves (e.g. `eval_shape(init)`).
+
+  Leaves without logical names are replicated.
+  """
+  rules = tuple(rules if rules is not None else logical_axis_rules())
+  logical = nn.get_partition_spec(boxed_tree)
+  mesh_specs = nn.logical_to_mesh(logical, rules)
+  shapes = nn.unbox(boxed_tree)
+  paths = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  flat_specs = jax.tree_util.tree_leaves(mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  out = [NamedSharding(mesh, _fit_spec(s, leaf.shape, mesh, jax.tree_util.keystr(p)))
+         for (p, leaf), s in zip(paths, flat_specs)]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), out)
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches are split over `data` on their leading axis."""
+  return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
