@@ -163,7 +163,9 @@ def train(model: nn.Module, frozen: Any, init_trainable: Any, *, rules: opt_lib.
   t_log, examples = time.perf_counter(), 0
   while run.step < cfg.train_steps:
     batch = next(data)
-    run.state, sums = run.step_fn(run.state, run.frozen, jax.device_put(dict(batch), run.batch_sh))
+    global_batch = {k: jax.make_array_from_process_local_data(run.batch_sh, np.asarray(v))
+                    for k, v in batch.items()}  # Each process holds its slice of the batch.
+    run.state, sums = run.step_fn(run.state, run.frozen, global_batch)
     run.meta["batches_consumed"] += 1
     run.step += 1
     step = run.step

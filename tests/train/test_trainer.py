@@ -1,0 +1,105 @@
+"""The training loop end to end: learning, divergence handling, kill-and-resume."""
+
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from prompt_jax.models import T5Transformer
+from prompt_jax.prompts import Prompt, init_prompt_params, initializers
+from prompt_jax.train import checkpointing
+from prompt_jax.train import optimizer as opt_lib
+from prompt_jax.train import trainer
+from prompt_jax.train.metrics_writer import read_metrics
+from tests.tiny import copy_task_batches, frozen_params, shift_right, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def fixed_answer_batches(start, *, batch_size=8, answer=(7, 9, 11, 1)):
+  """Every input must be answered with the same token sequence: learnable by a prompt alone."""
+  for b in copy_task_batches(start, batch_size=batch_size):
+    tgt = np.tile(np.asarray(answer, np.int32), (batch_size, 1))
+    yield {**b, "decoder_target_tokens": tgt, "decoder_input_tokens": shift_right(tgt),
+           "decoder_loss_weights": np.ones_like(tgt, np.float32)}
+
+
+def _prompt_run(model_dir, steps, batches, **cfg_kwargs):
+  cfg = tiny_config(d_model=32, d_kv=4)
+  frozen = frozen_params(cfg)
+  prompt = Prompt(16, initializer=initializers.sampled_vocab(frozen["token_embedder"]["embedding"], 30))
+  model = T5Transformer(cfg, prompt=prompt)
+  init = {"prompt": init_prompt_params(prompt, jax.random.PRNGKey(3), cfg.d_model)}
+  kwargs = dict(model_dir=str(model_dir), train_steps=steps, checkpoint_period=10,
+                log_period=1, progress_bar=False)
+  kwargs.update(cfg_kwargs)
+  return trainer.train(model, frozen, init, rules=opt_lib.PROMPT_TUNING_RULES,
+                       opt_config=opt_lib.OptimizerConfig(), batches=batches,
+                       cfg=trainer.TrainerConfig(**kwargs)), frozen
+
+
+def test_prompt_tuning_learns_and_writes_run_outputs(tmp_path):
+  result, _ = _prompt_run(tmp_path, 60, fixed_answer_batches, checkpoint_period=20)
+  losses = [m["loss"] for m in read_metrics(tmp_path) if m["split"] == "train"]
+  assert len(losses) == 60
+  assert np.mean(losses[-5:]) < 0.4 * np.mean(losses[:3]), losses
+  np.testing.assert_array_equal(np.load(tmp_path / "prompts" / "prompt_60.npy"),
+                                result.trainable["prompt"]["prompt"])
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [20, 40, 60]
+  assert any((tmp_path / "events" / "train").iterdir())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  _prompt_run(tmp_path, 4, fixed_answer_batches, checkpoint_period=2)
+
+  def poisoned(start):
+    for i, b in enumerate(fixed_answer_batches(start), start):
+      yield {**b, "decoder_loss_weights": b["decoder_loss_weights"] * (np.nan if i >= 5 else 1)}
+
+  with pytest.raises(trainer.TrainingDivergedError, match=r"step 6.*checkpoint \(step 4\)"):
+    _prompt_run(tmp_path, 10, poisoned, checkpoint_period=2)
+  ckpt = checkpointing.Checkpointer(tmp_path)
+  assert ckpt.latest_step() == 4
+  assert np.isfinite(np.load(tmp_path / "prompts" / "prompt_4.npy")).all()
+  assert not (tmp_path / "prompts" / "prompt_6.npy").exists()
+
+
+def _run_script(model_dir, steps):
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen([sys.executable, "-m", "tests.train.resume_script", str(model_dir),
+                           str(steps)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bitwise_equal(tmp_path):
+  steps = 12
+  reference = _run_script(tmp_path / "a", steps)
+  assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
+  # Kill the second run with SIGKILL at a random moment after its first checkpoint.
+  victim = _run_script(tmp_path / "b", steps)
+  ckpts = tmp_path / "b" / "checkpoints"
+  deadline = time.time() + 240
+  while not (ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())):
+    assert victim.poll() is None and time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.05)
+  time.sleep(random.uniform(0.0, 0.5))
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  killed_at = checkpointing.Checkpointer(tmp_path / "b").latest_step()
+  assert killed_at is not None and killed_at < steps, "the run finished before the kill"
+  resumed = _run_script(tmp_path / "b", steps)
+  assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-3000:]
+  a = np.load(tmp_path / "a" / "final_prompt.npy")
+  b = np.load(tmp_path / "b" / "final_prompt.npy")
+  np.testing.assert_array_equal(a, b)
+  steps_logged = [m["step"] for m in read_metrics(tmp_path / "b") if m["split"] == "train"]
+  assert steps_logged[-1] == steps and min(steps_logged) == 1
