@@ -1,0 +1,173 @@
+"""`prompt-jax` (also `python -m prompt_jax`): flags and gin in, plain functions out.
+
+  prompt-jax train   --gin_file=... [--gin_file=...] [--gin.NAME=VALUE ...]
+  prompt-jax eval    --gin_file=runs/prompt_eval.gin ...
+  prompt-jax infer   --gin_file=runs/prompt_infer.gin ...
+  prompt-jax tasks   [--tfds_data_dir=DIR]
+  prompt-jax prepare NAME [--tfds_data_dir=DIR]
+  prompt-jax bench   [--peer peft ...]
+  prompt-jax demo    [...]
+
+Gin files are looked up in the working directory, in `--gin_search_paths`, and in the gin
+files shipped inside the package (`prompt_jax/gin`), so `--gin_file=runs/prompt_finetune.gin`
+works from any directory after `pip install .`. The result never depends on the order of
+`--gin_file` flags: two files that bind the same parameter differently are an error.
+`--gin.NAME=VALUE` bindings apply last and override the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+from typing import Sequence
+
+GIN_DIR = pathlib.Path(__file__).resolve().parent / "gin"
+RUN_COMMANDS = ("train", "eval", "infer")
+
+
+class CliError(Exception):
+  """Printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="prompt-jax", description=__doc__.split("\n\n")[0])
+  p.add_argument("command", choices=RUN_COMMANDS + ("tasks", "prepare", "bench", "demo"))
+  p.add_argument("name", nargs="?", help="task or mixture (for `prepare`)")
+  p.add_argument("--gin_file", action="append", default=[], help="repeatable")
+  p.add_argument("--gin_search_paths", default="", help="comma-separated directories")
+  p.add_argument("--tfds_data_dir", default=None)
+  p.add_argument("-v", "--verbose", action="store_true")
+  return p
+
+
+def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--gin.NAME=VALUE` bindings from the other flags."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise CliError(f"{arg!r}: write gin bindings as --gin.NAME=VALUE.")
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+  return bindings, rest
+
+
+def _resolve_gin_file(name: str, search_paths: Sequence[pathlib.Path]) -> pathlib.Path:
+  for base in (pathlib.Path.cwd(), *search_paths, GIN_DIR):
+    path = (base / name) if not os.path.isabs(name) else pathlib.Path(name)
+    if path.is_file():
+      return path
+  raise CliError(f"Gin file {name!r} not found in the working directory, "
+                 f"--gin_search_paths or the shipped {GIN_DIR}; `ls {GIN_DIR}` lists them.")
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str = "") -> str:
+  """Parses gin files (order-independently) then bindings; returns the config string."""
+  import gin
+  import prompt_jax.runs  # noqa: F401  Registers the configurables.
+  paths = [pathlib.Path(p) for p in search_paths.split(",") if p]
+  for p in (*paths, GIN_DIR):
+    gin.add_config_file_search_path(str(p))
+  resolved = [str(_resolve_gin_file(f, paths)) for f in files]
+  results = []
+  for order in (resolved, resolved[::-1]):
+    gin.clear_config()
+    try:
+      gin.parse_config_files_and_bindings(order, None, finalize_config=False)
+    except (ValueError, KeyError, IOError) as e:
+      raise CliError(f"Gin error: {e}") from None
+    results.append(gin.config_str())
+  if results[0] != results[1]:
+    raise CliError("The --gin_file files bind the same parameter differently, so the result "
+                   "would depend on their order; keep one binding (or use --gin.NAME=VALUE).")
+  try:
+    gin.parse_config(list(bindings))
+  except (ValueError, KeyError) as e:
+    raise CliError(f"Gin binding error: {e}. Check the spelling against the gin files "
+                   f"in {GIN_DIR}.") from None
+  try:
+    gin.finalize()
+  except ValueError as e:
+    raise CliError(f"{e} Set it with --gin.NAME=VALUE (see the 'Required' block at the top "
+                   "of the run file).") from None
+  return gin.config_str()
+
+
+def _run(command: str) -> None:
+  from prompt_jax import runs
+  fn = {"train": runs.train, "eval": runs.evaluate, "infer": runs.infer}[command]
+  result = fn()
+  if command == "eval":
+    print(result)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+  from prompt_jax import runs
+  from prompt_jax.checkpoints import CheckpointError
+  from prompt_jax.data.sources import DataNotPreparedError
+  return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError)
+
+
+def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -> int:
+  if args.command == "bench":
+    from prompt_jax import bench
+    return bench.main(extra) or 0
+  if args.command == "demo":
+    from prompt_jax import demo
+    return demo.main(extra) or 0
+  if extra:
+    raise CliError(f"Unrecognised arguments {extra}; see `prompt-jax --help`.")
+  if args.command == "tasks":
+    from prompt_jax.data import registry
+    print(registry.format_task_list(registry.list_tasks(args.tfds_data_dir)))
+    return 0
+  if args.command == "prepare":
+    if not args.name:
+      raise CliError("`prompt-jax prepare` needs a task or mixture name.")
+    from prompt_jax.data import registry
+    print("\n".join(registry.prepare(args.name, args.tfds_data_dir)))
+    return 0
+  if not args.gin_file:
+    raise CliError(f"`prompt-jax {args.command}` needs at least one --gin_file, e.g. "
+                   f"--gin_file=runs/prompt_{'finetune' if args.command == 'train' else args.command}.gin.")
+  if args.tfds_data_dir:
+    bindings = [*bindings, f"{_run_fn_name(args.command)}.tfds_data_dir = '{args.tfds_data_dir}'"]
+  parse_gin(args.gin_file, bindings, args.gin_search_paths)
+  _run(args.command)
+  return 0
+
+
+def _run_fn_name(command: str) -> str:
+  return {"train": "train", "eval": "evaluate", "infer": "infer"}[command]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    bindings, rest = _split_gin_flags(argv)
+  except CliError as e:
+    print(f"prompt-jax: error: {e}", file=sys.stderr)
+    return 2
+  args, extra = _parser().parse_known_args(rest)
+  logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                      format="%(asctime)s %(levelname)s %(message)s")
+  try:
+    return _dispatch(args, bindings, extra)
+  except Exception as e:  # Only the known, user-fixable errors are shortened.
+    if isinstance(e, _known_errors()) or _is_gin_required(e):
+      print(f"prompt-jax: error: {e}", file=sys.stderr)
+      return 2
+    raise
+
+
+def _is_gin_required(e: Exception) -> bool:
+  return "gin.REQUIRED" in str(e) or "Required bindings" in str(e)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
