@@ -35,6 +35,8 @@ setuptools.setup(
         "orbax-checkpoint>=0.10",
         "tensorstore>=0.1.60",
         "msgpack",
+        "safetensors",  # HF checkpoints (load_pretrained); sliced reads for sharded loads.
+        "ml_dtypes",  # bfloat16 for numpy (checkpoint arrays); already a jax dependency.
         "tqdm",
         "scipy",
         "scikit-learn",

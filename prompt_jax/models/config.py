@@ -59,7 +59,13 @@ class T5Config:
 
   @property
   def activation(self) -> str:
-    """Name of the MLP activation without the `gated-` prefix."""
+    """Name of the MLP activation without the `gated-` prefix.
+
+    As in HF, only 'gated-gelu' (T5 1.1 / mT5) means the tanh approximation ('gelu_new');
+    a plain 'gelu' is the exact erf GELU.
+    """
+    if self.feed_forward_proj == "gated-gelu":
+      return "gelu_new"
     return self.feed_forward_proj.removeprefix("gated-")
 
   @property
@@ -73,11 +79,18 @@ class T5Config:
   def from_hf_dict(cls, hf: Mapping[str, Any], **overrides: Any) -> "T5Config":
     """Builds a config from an HF `config.json` dict; unknown HF keys are ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in hf.items() if k in names}
+    # HF's `dtype` is the stored weights' dtype (e.g. float16), not our activation dtype.
+    kwargs = {k: v for k, v in hf.items() if k in names and k != "dtype"}
     if kwargs.get("num_decoder_layers") is None:
       kwargs["num_decoder_layers"] = hf.get("num_layers", cls.num_layers)
     if "tie_word_embeddings" not in hf:
       kwargs["tie_word_embeddings"] = True  # HF's T5Config default.
+    # transformers >= 5 always writes tie_word_embeddings=true and records T5 1.0's
+    # decoder-output rescale as scale_decoder_outputs; its mT5 never rescales.
+    if hf.get("model_type") == "mt5":
+      kwargs["tie_word_embeddings"] = False
+    elif "scale_decoder_outputs" in hf:
+      kwargs["tie_word_embeddings"] = bool(hf["scale_decoder_outputs"])
     bad = set(overrides) - names
     if bad:
       raise TypeError(f"Unknown T5Config override(s) {sorted(bad)}; valid: {sorted(names)}.")
@@ -89,7 +102,7 @@ class T5Config:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dtype"}
     out.update(model_type="t5", architectures=["T5ForConditionalGeneration"],
                is_encoder_decoder=True, is_gated_act=self.is_gated,
-               dense_act_fn=self.activation if self.activation != "gelu" else "gelu_new")
+               dense_act_fn=self.activation)
     return out
 
 

@@ -186,8 +186,8 @@ class MlpBlock(nn.Module):
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # T5 1.1's gelu is tanh-approx.
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # Exact, as HF's "gelu".
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),  # T5 1.1's gated-gelu.
     "silu": jax.nn.silu,
 }
 
