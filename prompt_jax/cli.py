@@ -114,12 +114,6 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -> int:
-  if args.command == "bench":
-    from prompt_jax import bench
-    return bench.main(extra) or 0
-  if args.command == "demo":
-    from prompt_jax import demo
-    return demo.main(extra) or 0
   if extra:
     raise CliError(f"Unrecognised arguments {extra}; see `prompt-jax --help`.")
   if args.command == "tasks":
@@ -148,6 +142,9 @@ def _run_fn_name(command: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] in ("bench", "demo"):  # They own their flags.
+    import importlib
+    return importlib.import_module(f"prompt_jax.{argv[0]}").main(argv[1:]) or 0
   try:
     bindings, rest = _split_gin_flags(argv)
   except CliError as e:
