@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_jax.prompts import export
 from prompt_jax.train import checkpointing
 from prompt_jax.train import optimizer as opt_lib
 from prompt_jax.train import partitioning
@@ -132,6 +133,9 @@ class _Run:
     prompt = exportable_prompt(jax.device_get(self.state.params))
     if prompt is not None:
       checkpointing.export_prompt_npy(prompt, self.cfg.model_dir, self.step)
+      # The same prompt as a PEFT prompt-tuning adapter, loadable onto the HF model.
+      export.export_peft_adapter(
+          prompt, pathlib.Path(self.cfg.model_dir) / "prompts" / f"peft_{self.step}")
 
 
 def _check_finite(metrics: dict[str, float], step: int, run: _Run) -> None:

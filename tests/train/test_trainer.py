@@ -14,6 +14,7 @@ import pytest
 
 from prompt_jax.models import T5Transformer
 from prompt_jax.prompts import Prompt, init_prompt_params, initializers
+from prompt_jax.prompts.export import load_peft_adapter
 from prompt_jax.train import checkpointing
 from prompt_jax.train import optimizer as opt_lib
 from prompt_jax.train import trainer
@@ -53,6 +54,8 @@ def test_prompt_tuning_learns_and_writes_run_outputs(tmp_path):
   np.testing.assert_array_equal(np.load(tmp_path / "prompts" / "prompt_60.npy"),
                                 result.trainable["prompt"]["prompt"])
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [20, 40, 60]
+  np.testing.assert_array_equal(load_peft_adapter(tmp_path / "prompts" / "peft_60"),
+                                result.trainable["prompt"]["prompt"])
   assert any((tmp_path / "events" / "train").iterdir())
 
 
