@@ -241,6 +241,8 @@ def beam_search(model: T5Transformer, params: Params, encoder_input_tokens: Arra
     no hypothesis fills (only with a tiny vocabulary) has score -inf.
   """
   _check_tokens("encoder_input_tokens", encoder_input_tokens)
+  if beam_size < 1:
+    raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
   cfg = model.config
   batch, k, t_max = encoder_input_tokens.shape[0], beam_size, max_decode_length
   encoded, mask = _encode(model, params, encoder_input_tokens, task_ids)
