@@ -1,0 +1,476 @@
+"""`prompt-jax bench`: the speed of one training step, prompt tuning vs model tuning.
+
+Times the library's own jitted train step (`prompt_jax.train.step.make_train_step`, wired as
+the trainer wires it) on a T5 1.1-shaped model with random float32 weights and a synthetic
+full-length batch, and prints ONE JSON object on stdout (logs go to stderr):
+
+  {"matmul_peak_flops": ...,
+   "prompt_tuning": {"steps_per_s", "examples_per_s", "flops_per_step",
+                     "flops_fraction_of_peak", "peak_rss_mb"},
+   "model_tuning": {...same keys...},
+   # with --peer peft:
+   "peft_prompt_tuning": {"steps_per_s", "examples_per_s", "peak_rss_mb"},
+   "speedup_vs_peft": <prompt_tuning steps/s / peft steps/s>}
+
+What is compared:
+  * prompt_tuning: a Lester prompt [P, D] prepended to the encoder input; only the prompt
+    trains (`PROMPT_TUNING_RULES`, the paper's Adafactor).
+  * model_tuning: the same prompted model with every parameter trainable
+    (`MODEL_TUNING_RULES`, factored Adafactor). The shapes are identical (the encoder sees
+    P+L positions in both), so the ratio of the two step costs isolates what freezing saves:
+    no weight gradients, ideally 2/3 of the model-tuning FLOPs.
+  * peft_prompt_tuning (`--peer peft`): HF `T5ForConditionalGeneration` from a random config
+    of the same shape wrapped by `peft`'s `PromptTuningConfig(SEQ_2_SEQ_LM, P virtual
+    tokens)`, AdamW on the prompt, torch threads = CPU cores.
+  Dropout is on at rate 0.1 in all three (HF T5's default, in train mode); `--dropout_rate`
+  changes it for all three.
+
+How it measures:
+  * Each mode runs in its own subprocess (so its peak RSS is its own); the subprocesses
+    build and compile side by side, then the parent makes them take their steps in turn,
+    one step each per round, with the float32 matmul of the peak measurement in the same
+    rounds. Load from other programs on a shared machine then hits every mode alike.
+  * steps/s: 1 / median wall time of `--steps` timed rounds after `--warmup` untimed ones.
+  * flops_per_step: XLA's cost analysis of the compiled step (`lower(...).compile()`).
+  * matmul_peak_flops: 2 n^3 / median time of a jitted n x n float32 matmul;
+    flops_fraction_of_peak = flops_per_step * steps/s / matmul_peak_flops.
+  * peak_rss_mb: peak resident set of the process that ran the mode (`ru_maxrss`).
+    `--in_process` runs everything in one process instead (faster to start, used by the
+    tests); then each figure is the process-wide peak, cumulative over the modes.
+
+Run: `prompt-jax bench --peer peft` (a few minutes on 2 CPU cores, mostly compiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+MODES = ("prompt_tuning", "model_tuning")
+PEER_MODE = "peft_prompt_tuning"
+MATMUL = "matmul"
+# `--tiny` (the tests): a model that compiles in seconds, with unequal sizes.
+TINY_MODEL = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=1,
+                  num_decoder_layers=1, num_heads=3, relative_attention_num_buckets=8,
+                  relative_attention_max_distance=16)
+TINY_SHAPES = dict(batch_size=2, input_length=12, target_length=4, prompt_length=3,
+                   matmul_size=128)
+# Tiny timings mean nothing, so its steps skip LLVM's optimisations: compiles take a third.
+TINY_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """What one benchmark run measures. Defaults: the issue's T5 1.1 Small setting."""
+  size: str = "small"
+  batch_size: int = 8
+  input_length: int = 128
+  target_length: int = 8
+  prompt_length: int = 20
+  steps: int = 10
+  warmup: int = 2
+  dropout_rate: float = 0.1
+  matmul_size: int = 2048
+  tiny: bool = False
+  seed: int = 0
+
+
+class Runner(Protocol):
+  """Something the benchmark times one step at a time."""
+
+  def step(self) -> float:
+    """Runs one step to completion; returns its wall time in seconds."""
+
+  def summary(self) -> dict[str, float]:
+    """Figures that do not depend on timing (FLOPs, peak RSS)."""
+
+
+def model_config(cfg: BenchConfig):
+  """The T5 1.1 config of the benchmark (or the tiny test config)."""
+  from prompt_jax.models import T5Config, t5_1_1_config
+  if cfg.tiny:
+    return T5Config(**TINY_MODEL, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                    dropout_rate=cfg.dropout_rate)
+  return t5_1_1_config(cfg.size, dropout_rate=cfg.dropout_rate)
+
+
+def synthetic_batch(cfg: BenchConfig, vocab_size: int) -> dict[str, np.ndarray]:
+  """A full-length batch (no padding): random tokens, each row ending in EOS (id 1).
+
+  Returns encoder_input_tokens [B, L], decoder_input_tokens / decoder_target_tokens [B, T]
+  (inputs = targets shifted right behind start id 0) and decoder_loss_weights [B, T] of ones.
+  """
+  rng = np.random.default_rng(cfg.seed)
+  b, l, t = cfg.batch_size, cfg.input_length, cfg.target_length
+  enc = rng.integers(2, vocab_size, (b, l), dtype=np.int32)
+  tgt = rng.integers(2, vocab_size, (b, t), dtype=np.int32)
+  enc[:, -1], tgt[:, -1] = 1, 1
+  dec_in = np.concatenate([np.zeros((b, 1), np.int32), tgt[:, :-1]], axis=1)
+  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+          "decoder_target_tokens": tgt, "decoder_loss_weights": np.ones((b, t), np.float32)}
+
+
+def random_params(shapes: Any, seed: int) -> Any:
+  """Random float32 weights for a tree of shapes, drawn with NumPy (no XLA compiles).
+
+  Vectors (layer-norm scales) are ones; matrices are normal with std fan_in ** -0.5, so
+  activations stay O(1): no overflow, no denormals to slow the CPU down.
+  """
+  import jax
+  rng = np.random.default_rng(seed)
+
+  def draw(s):
+    if len(s.shape) == 1:
+      return np.ones(s.shape, np.float32)
+    return rng.standard_normal(s.shape, np.float32) * np.float32(s.shape[0] ** -0.5)
+
+  return jax.tree_util.tree_map(draw, shapes)
+
+
+def peak_rss_mb() -> float:
+  """Peak resident set size of this process so far, in MiB."""
+  try:
+    import resource  # Unix only.
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 2.0**20 if sys.platform == "darwin" else kib / 1024.0  # macOS: bytes.
+  except ImportError:
+    import psutil  # No peak figure elsewhere: the current RSS is a lower bound.
+    return psutil.Process().memory_info().rss / 2.0**20
+
+
+def cost_flops(compiled: Any) -> float:
+  """FLOPs of a compiled XLA computation (`cost_analysis()` is a dict, or a list of one)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = float((analysis or {}).get("flops", 0.0))
+  if flops <= 0:
+    raise RuntimeError(f"XLA cost analysis reported no flops: {analysis!r}.")
+  return flops
+
+
+class MatmulRunner:
+  """A jitted [n, n] x [n, n] float32 matmul: the machine's practical FLOP/s peak."""
+
+  def __init__(self, n: int):
+    import jax
+    import jax.numpy as jnp
+    rng = np.random.default_rng(0)
+    self.a = jax.device_put(rng.standard_normal((n, n), np.float32))
+    self.b = jax.device_put(rng.standard_normal((n, n), np.float32))
+    self.matmul = jax.jit(jnp.matmul).lower(self.a, self.b).compile()
+    self.flops = 2.0 * n**3
+
+  def step(self) -> float:
+    start = time.perf_counter()
+    self.matmul(self.a, self.b).block_until_ready()
+    return time.perf_counter() - start
+
+  def summary(self) -> dict[str, float]:
+    return {"flops_per_step": self.flops}
+
+
+class JaxStepRunner:
+  """The library's compiled train step for `mode`, on placed state, frozen params and batch."""
+
+  def __init__(self, mode: str, cfg: BenchConfig):
+    if mode not in MODES:
+      raise ValueError(f"Unknown mode {mode!r}; one of {MODES}.")
+    start = time.perf_counter()
+    self.compiled, self.state, self.frozen, self.batch = build_train_step(mode, cfg)
+    self.flops = cost_flops(self.compiled)
+    logging.info("%s: built and compiled in %.1f s; %.2f GFLOP per step", mode,
+                 time.perf_counter() - start, self.flops / 1e9)
+
+  def step(self) -> float:
+    import jax
+    start = time.perf_counter()
+    self.state, sums = self.compiled(self.state, self.frozen, self.batch)  # Donates state.
+    jax.block_until_ready((self.state, sums))
+    return time.perf_counter() - start
+
+  def summary(self) -> dict[str, float]:
+    return {"flops_per_step": self.flops, "peak_rss_mb": peak_rss_mb()}
+
+
+def build_train_step(mode: str, cfg: BenchConfig):
+  """Wires `mode` as the trainer does. Returns (compiled step, state, frozen, batch)."""
+  import flax.linen as nn
+  import jax
+  from prompt_jax.models import T5Transformer
+  from prompt_jax.prompts import Prompt
+  from prompt_jax.train import optimizer as opt_lib
+  from prompt_jax.train import partitioning
+  from prompt_jax.train import step as step_lib
+  from prompt_jax.train.trainer import _abstract_params
+
+  config = model_config(cfg)
+  model = T5Transformer(config, prompt=Prompt(cfg.prompt_length))
+  if mode == "prompt_tuning":
+    rules, opt_config = opt_lib.PROMPT_TUNING_RULES, opt_lib.OptimizerConfig()
+  else:
+    rules, opt_config = opt_lib.MODEL_TUNING_RULES, opt_lib.MODEL_TUNING_OPTIMIZER
+  mesh = partitioning.make_mesh(1, jax.devices()[:1])
+  boxed = _abstract_params(model)
+  labels = opt_lib.label_params(nn.unbox(boxed), rules)
+  trainable, frozen = opt_lib.split_params(random_params(nn.unbox(boxed), cfg.seed), labels)
+  train_sh, frozen_sh = opt_lib.split_params(partitioning.shardings_for(boxed, mesh), labels)
+  opt_lib.log_param_counts(trainable, frozen)
+  tx = opt_lib.make_optimizer(opt_config, rules)
+  init = lambda tr, rng: step_lib.init_train_state(tr, tx, rng)
+  rng = jax.random.PRNGKey(cfg.seed)
+  state_sh = step_lib.state_shardings(jax.eval_shape(init, trainable, rng), train_sh, mesh)
+  state = jax.jit(init, out_shardings=state_sh)(trainable, rng)  # One compile, not per leaf.
+  frozen = jax.device_put(frozen, frozen_sh)
+  batch_sh = partitioning.data_sharding(mesh)
+  batch = jax.device_put(synthetic_batch(cfg, config.vocab_size), batch_sh)
+  fn = step_lib.make_train_step(model, tx, state_sharding=state_sh, frozen_sharding=frozen_sh,
+                                batch_sharding=batch_sh, enable_dropout=cfg.dropout_rate > 0)
+  options = TINY_COMPILER_OPTIONS if cfg.tiny else None
+  return fn.lower(state, frozen, batch).compile(options), state, frozen, batch
+
+
+class PeftRunner:
+  """HF PEFT prompt tuning of a random T5 of the same shape (AdamW on the prompt)."""
+
+  def __init__(self, cfg: BenchConfig):
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    mc = model_config(cfg)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**mc.to_hf_dict()))
+    if model.lm_head.weight is model.shared.weight:  # transformers >= 5 ties by default.
+      model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
+    config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM,
+                                     num_virtual_tokens=cfg.prompt_length)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5.
+      warnings.simplefilter("ignore", FutureWarning)
+      self.model = peft.get_peft_model(model, config)
+    self.model.train()  # Dropout on, as in our steps.
+    trainable = [p for p in self.model.parameters() if p.requires_grad]
+    logging.info("peft: %d trainable parameters, torch threads %d",
+                 sum(p.numel() for p in trainable), torch.get_num_threads())
+    self.optimizer = torch.optim.AdamW(trainable, lr=0.3)
+    batch = synthetic_batch(cfg, mc.vocab_size)
+    self.inputs = {"input_ids": torch.from_numpy(batch["encoder_input_tokens"].astype(np.int64)),
+                   "labels": torch.from_numpy(batch["decoder_target_tokens"].astype(np.int64))}
+    self.inputs["attention_mask"] = torch.ones_like(self.inputs["input_ids"])
+
+  def step(self) -> float:
+    start = time.perf_counter()
+    self.optimizer.zero_grad(set_to_none=True)
+    self.model(**self.inputs).loss.backward()
+    self.optimizer.step()
+    return time.perf_counter() - start
+
+  def summary(self) -> dict[str, float]:
+    return {"peak_rss_mb": peak_rss_mb()}
+
+
+def make_runner(name: str, cfg: BenchConfig) -> Runner:
+  """An in-process runner for a mode, the peer or the matmul."""
+  if name == PEER_MODE:
+    return PeftRunner(cfg)
+  if name == MATMUL:
+    return MatmulRunner(cfg.matmul_size)
+  return JaxStepRunner(name, cfg)
+
+
+class ChildRunner:
+  """A runner living in its own Python process (`--serve NAME`), driven over a pipe.
+
+  Protocol, one line each way: the child prints `ready` once built; then `step` -> seconds,
+  `summary` -> a JSON object, after which it exits.
+  """
+
+  def __init__(self, name: str, cfg: BenchConfig):
+    self.name = name
+    cmd = [sys.executable, "-m", "prompt_jax.bench", f"--serve={name}", *_config_flags(cfg)]
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def _ask(self, request: str | None) -> str:
+    if request is not None:
+      self.proc.stdin.write(request + "\n")
+      self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"bench subprocess for {self.name} died (exit {self.proc.wait()}); "
+                         f"its log is above.")
+    return line.strip()
+
+  def wait_ready(self) -> None:
+    if self._ask(None) != "ready":
+      raise RuntimeError(f"bench subprocess for {self.name} did not start.")
+
+  def step(self) -> float:
+    return float(self._ask("step"))
+
+  def summary(self) -> dict[str, float]:
+    out = json.loads(self._ask("summary"))
+    self.proc.wait()
+    return out
+
+  def close(self) -> None:
+    """Ends the child (if it is still running) and closes the pipes."""
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+    self.proc.stdin.close()
+    self.proc.stdout.close()
+
+
+def serve(name: str, cfg: BenchConfig) -> int:
+  """The child side of `ChildRunner`: protocol on the real stdout, everything else to stderr."""
+  proto = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+  os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # Stray prints cannot corrupt the pipe.
+  runner = make_runner(name, cfg)
+  proto.write("ready\n")
+  proto.flush()
+  for line in sys.stdin:
+    if line.strip() == "step":
+      proto.write(f"{runner.step()!r}\n")
+    elif line.strip() == "summary":
+      proto.write(json.dumps(runner.summary()) + "\n")
+      proto.flush()
+      return 0
+    proto.flush()
+  return 1
+
+
+def time_in_rounds(runners: Mapping[str, Runner], steps: int, warmup: int,
+                   pause_s: float = 0.05) -> dict[str, float]:
+  """Median step seconds of each runner; they take turns, one step each per round.
+
+  The short pause lets the previous runner's worker threads go idle before the next starts.
+  """
+  times: dict[str, list[float]] = {name: [] for name in runners}
+  for r in range(warmup + steps):
+    took = {}
+    for name, runner in runners.items():
+      time.sleep(pause_s)
+      took[name] = runner.step()
+      if r >= warmup:
+        times[name].append(took[name])
+    logging.info("round %d%s: %s", r, " (warm-up)" if r < warmup else "",
+                 " ".join(f"{n}={t:.3f}s" for n, t in took.items()))
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def run_bench(cfg: BenchConfig, peers: Sequence[str] = (), *,
+              isolate: bool = True) -> dict[str, Any]:
+  """Builds every mode (and the peers), times them in rounds; returns the JSON object."""
+  for peer in peers:
+    if peer != "peft":
+      raise ValueError(f"Unknown peer {peer!r}; supported: 'peft'.")
+  names = [MATMUL, *MODES] + ([PEER_MODE] if "peft" in peers else [])
+  runners: dict[str, Any] = {}
+  try:
+    for name in names:  # Children build side by side.
+      runners[name] = (ChildRunner(name, cfg) if isolate and name != MATMUL
+                       else make_runner(name, cfg))
+    for runner in runners.values():
+      if isinstance(runner, ChildRunner):
+        runner.wait_ready()
+    seconds = time_in_rounds(runners, cfg.steps, cfg.warmup)
+    summaries = {name: runner.summary() for name, runner in runners.items()}
+  finally:
+    for runner in runners.values():
+      if isinstance(runner, ChildRunner):
+        runner.close()
+  return assemble(cfg, seconds, summaries)
+
+
+def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
+             summaries: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+  """The benchmark's JSON object from median step times and runner summaries."""
+  peak = summaries[MATMUL]["flops_per_step"] / seconds[MATMUL]
+  result: dict[str, Any] = {"matmul_peak_flops": peak}
+  for mode in MODES:
+    flops, steps_per_s = summaries[mode]["flops_per_step"], 1.0 / seconds[mode]
+    result[mode] = {"steps_per_s": steps_per_s, "examples_per_s": cfg.batch_size * steps_per_s,
+                    "flops_per_step": flops, "flops_fraction_of_peak": flops * steps_per_s / peak,
+                    "peak_rss_mb": summaries[mode]["peak_rss_mb"]}
+  pt, mt = result["prompt_tuning"], result["model_tuning"]
+  logging.info("prompt-tuning step / model-tuning step: time %.3f, FLOPs %.3f",
+               mt["steps_per_s"] / pt["steps_per_s"], pt["flops_per_step"] / mt["flops_per_step"])
+  if PEER_MODE in seconds:
+    steps_per_s = 1.0 / seconds[PEER_MODE]
+    result[PEER_MODE] = {"steps_per_s": steps_per_s,
+                         "examples_per_s": cfg.batch_size * steps_per_s,
+                         "peak_rss_mb": summaries[PEER_MODE]["peak_rss_mb"]}
+    result["speedup_vs_peft"] = pt["steps_per_s"] / steps_per_s
+  return result
+
+
+def _config_flags(cfg: BenchConfig) -> list[str]:
+  """`cfg` as command-line flags (for the child processes)."""
+  flags = [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
+           if f.name != "tiny"]
+  return flags + (["--tiny"] if cfg.tiny else [])
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="prompt-jax bench", description=__doc__.split("\n")[0])
+  d = BenchConfig()
+  p.add_argument("--peer", action="append", default=[], choices=["peft"],
+                 help="Also time a peer implementation (HF PEFT prompt tuning).")
+  p.add_argument("--steps", type=int, default=d.steps, help="Timed rounds (median reported).")
+  p.add_argument("--warmup", type=int, default=d.warmup, help="Untimed rounds after compiling.")
+  p.add_argument("--batch_size", type=int, default=d.batch_size)
+  p.add_argument("--input_length", type=int, default=d.input_length)
+  p.add_argument("--target_length", type=int, default=d.target_length)
+  p.add_argument("--prompt_length", type=int, default=d.prompt_length)
+  p.add_argument("--size", default=d.size, help="T5 1.1 size: small, base, large, xl, xxl.")
+  p.add_argument("--dropout_rate", type=float, default=d.dropout_rate)
+  p.add_argument("--matmul_size", type=int, default=d.matmul_size)
+  p.add_argument("--seed", type=int, default=d.seed)
+  p.add_argument("--tiny", action="store_true",
+                 help="A tiny model and shapes (tests); explicit shape flags still apply.")
+  p.add_argument("--in_process", action="store_true",
+                 help="Run every mode in this process (peak RSS becomes cumulative).")
+  p.add_argument("--serve", choices=MODES + (PEER_MODE, MATMUL), help=argparse.SUPPRESS)
+  return p
+
+
+def config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> BenchConfig:
+  """BenchConfig from parsed flags; `--tiny` shrinks the shapes not given explicitly."""
+  given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
+  kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)}
+  if args.tiny:
+    kwargs.update({k: v for k, v in TINY_SHAPES.items() if k not in given})
+  return BenchConfig(**kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of `prompt-jax bench`: prints one JSON object on stdout."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = _parser().parse_args(argv)
+  if not logging.getLogger().handlers:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="bench %(levelname)s %(message)s")
+  cfg = config_from_args(args, argv)
+  if cfg.steps < 1 or cfg.warmup < 0:
+    raise SystemExit("bench: --steps must be >= 1 and --warmup >= 0.")
+  if args.serve:
+    return serve(args.serve, cfg)
+  result = run_bench(cfg, args.peer, isolate=not args.in_process)
+  print(json.dumps(result), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,598 @@
+"""The skill-gym demo behind `make demo`: a before / after of prompt tuning on CPU in minutes.
+
+  python -m prompt_jax.demo                  # skill `reverse`: about 2.5 minutes on 2 cores
+  python -m prompt_jax.demo --skill shift_1  # later runs reuse the cached backbone: < 1 minute
+
+Expected: before=0.00 (the bare string selects no skill), after >= 0.95 (measured 0.99-1.00
+for reverse, shift_1, upper and copy).
+
+Two stages, both through the library's own training loop:
+
+1. **Backbone.** A tiny T5 1.1-style model (gated-GELU, byte vocabulary) is model-tuned from
+   scratch on a mixture of skill-gym tasks whose inputs read "<task word> <string>", so it
+   becomes a multi-skill model that follows the word. It is saved as an HF-format
+   pretrained checkpoint (`config.json` + `model.safetensors`) in a cache dir keyed by a
+   hash of its settings, and reused from there on later runs.
+2. **Prompt.** The backbone is loaded with `load_pretrained` and frozen; a fresh soft prompt
+   is tuned on `skill_gym_<skill>_noword` (the bare string, no task word), so the prompt
+   has to select the skill the word used to select.
+
+Held-out (test split) exact match by greedy decoding is printed *before* (the backbone given
+the bare string, no prompt: zero-shot) and *after* (the same input behind the tuned prompt,
+best on validation), and a learning-curve PNG is written into the model dir. The last line
+is `demo: <skill> exact_match before=<x.xx> after=<y.yy>` so scripts can read it.
+
+Everything here is a skill-gym result, never one of the papers' benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_jax.checkpoints import load_pretrained, to_hf_state_dict
+from prompt_jax.data import skill_gym as gym
+from prompt_jax.models import T5Config, T5Transformer
+from prompt_jax.models.decoding import greedy_decode
+from prompt_jax.prompts import Prompt, init_prompt_params, initializers
+from prompt_jax.train import inputs
+from prompt_jax.train import optimizer as opt_lib
+from prompt_jax.train import trainer
+from prompt_jax.train.metrics_writer import read_metrics
+
+# Bump when the backbone's recipe changes in a way its settings do not capture: a new
+# version gets a new cache key, so a stale cached backbone is never reused.
+BACKBONE_FORMAT = 1
+# The backbone's mixture: a char map, a reordering, the identity and a case change, which a
+# tiny T5 learns in about a minute of CPU (the full CORE_SKILLS mixture needs far longer).
+DEMO_SKILLS = ("copy", "reverse", "shift_1", "upper")
+DEMO_MIXTURE = "skill_gym_demo_mix"
+PROMPT_INITS = ("sampled_vocab", "class_labels", "random_uniform")
+# Rows that sampled-vocab init draws from: the special ids and the ASCII bytes, i.e. the
+# embeddings the backbone actually trained (higher byte ids never occur in the Latin data).
+ASCII_POPULATION = 3 + 128
+LAST_LINE = "demo: {skill} exact_match before={before:.2f} after={after:.2f}"
+
+Params = Any
+DecodeFn = Callable[[Params, np.ndarray], jax.Array]
+
+
+class DemoError(ValueError):
+  """A user-fixable problem with the demo's arguments or dirs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+  """Everything that determines the cached backbone (its cache key hashes these fields)."""
+
+  skills: tuple[str, ...] = DEMO_SKILLS
+  d_model: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  d_kv: int = 16
+  d_ff: int = 128
+  train_steps: int = 1000
+  batch_size: int = 32
+  # Adafactor's step relative to each parameter's scale, as in T5 pre-training: training
+  # from scratch with absolute steps (the fine-tuning default) is several times slower.
+  learning_rate: float = 1e-2
+  train_examples: int = 10_000  # Per skill.
+  max_len: int = 6  # Longest input string, in letters.
+  seed: int = 0
+
+  def t5_config(self) -> T5Config:
+    """T5 1.1 shape (gated-GELU, untied logits), byte vocabulary, no dropout."""
+    return T5Config(vocab_size=gym.GYM_VOCAB_SIZE, d_model=self.d_model, d_kv=self.d_kv,
+                    d_ff=self.d_ff, num_layers=self.num_layers,
+                    num_decoder_layers=self.num_layers, num_heads=self.num_heads,
+                    feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                    dropout_rate=0.0)
+
+  def gym_config(self) -> gym.GymConfig:
+    return gym.GymConfig(train_examples=self.train_examples, max_len=self.max_len,
+                         seed=self.seed)
+
+  def key(self) -> str:
+    """A short stable hash of the settings: the backbone's cache dir name."""
+    fields = {"format": BACKBONE_FORMAT, **dataclasses.asdict(self)}
+    text = json.dumps(fields, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+  """The prompt-tuning stage and its evaluation."""
+
+  skill: str = "reverse"
+  length: int = 16  # P.
+  init: str = "sampled_vocab"
+  train_steps: int = 200
+  batch_size: int = 32
+  learning_rate: float = 0.3
+  eval_period: int = 50
+  validation_examples: int = 128
+  test_examples: int = 500
+  eval_batch_size: int = 128
+  seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# Data.
+
+
+def register_data(bb: BackboneConfig, skill: str) -> dict[str, dict[str, int]]:
+  """Registers the demo's tasks and mixture; returns feature lengths by use.
+
+  Returns:
+    {"mixture": with-word lengths covering the mixture and `skill` (also the evaluation
+    input length), "prompt": lengths of `skill`'s no-word task}.
+  """
+  skills = sorted(set(bb.skills) | {skill})
+  gym.register_skill_gym(skills, bb.gym_config(), mixture_skills=bb.skills,
+                         mixture_name=DEMO_MIXTURE)
+  with_word = gym.feature_lengths(skills, bb.max_len)
+  letters = bb.max_len * gym.get_skill(skill).alphabet.max_bytes
+  targets = gym.feature_lengths([skill], bb.max_len)["targets"]
+  return {"mixture": with_word, "prompt": {"inputs": letters + 1, "targets": targets}}
+
+
+def encode_inputs(texts: Sequence[str], length: int) -> np.ndarray:
+  """Byte-tokenizes texts with EOS, zero-padded: int32 [N, length]."""
+  out = np.zeros((len(texts), length), np.int32)
+  for i, text in enumerate(texts):
+    ids = gym.VOCAB.encode(text) + [gym.VOCAB.eos_id]
+    if len(ids) > length:
+      raise ValueError(f"Input {text!r} is {len(ids)} tokens; the evaluation length is {length}.")
+    out[i, :len(ids)] = ids
+  return out
+
+
+def decode_outputs(tokens: np.ndarray) -> list[str]:
+  """Decoded rows [N, T] (EOS, then 0 padding) -> stripped strings."""
+  out = []
+  for row in np.asarray(tokens).tolist():
+    ids = row[:row.index(gym.VOCAB.eos_id)] if gym.VOCAB.eos_id in row else row
+    out.append(gym.strip_postprocessor(gym.VOCAB.decode(ids)))
+  return out
+
+
+def eval_rows(bb: BackboneConfig, skill: str, split: str, n: int, *,
+              with_word: bool) -> list[dict[str, str]]:
+  """The first `n` examples of a split, generated as the backbone's tasks generate them."""
+  c = bb.gym_config()
+  return gym.examples(skill, split, n, c.seed, with_word=with_word, min_len=c.min_len,
+                      max_len=c.max_len)
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation.
+
+
+@functools.lru_cache(maxsize=8)
+def make_decoder(model: T5Transformer, max_decode_length: int) -> DecodeFn:
+  """Jitted greedy decoding: (params, tokens [B, L]) -> tokens [B, T].
+
+  Cached per (model, T), and Flax modules compare by their fields, so equal models share
+  one jitted function and its compiled executables across calls in a process.
+  """
+  return jax.jit(functools.partial(greedy_decode, model, max_decode_length=max_decode_length))
+
+
+def eval_model(config: T5Config, prompt_length: int) -> T5Transformer:
+  """The prompted model for decoding, with the default (unused) initializer: all equal."""
+  return T5Transformer(config, prompt=Prompt(prompt_length))
+
+
+def predict(decode: DecodeFn, params: Params, texts: Sequence[str], *, input_length: int,
+            batch_size: int) -> list[str]:
+  """Greedy predictions for texts, in fixed-shape batches (one compiled shape)."""
+  tokens = encode_inputs(texts, input_length)
+  padded = -(-len(texts) // batch_size) * batch_size
+  tokens = np.concatenate([tokens, np.zeros((padded - len(texts), input_length), np.int32)])
+  outputs = [np.asarray(decode(params, tokens[i:i + batch_size]))
+             for i in range(0, padded, batch_size)]
+  return decode_outputs(np.concatenate(outputs)[:len(texts)])
+
+
+def exact_match(decode: DecodeFn, params: Params, rows: Sequence[Mapping[str, str]], *,
+                input_length: int, batch_size: int) -> tuple[float, list[str]]:
+  """(Exact match of greedy predictions against targets, the predictions)."""
+  predictions = predict(decode, params, [r["inputs"] for r in rows],
+                        input_length=input_length, batch_size=batch_size)
+  score = gym.exact_match([r["targets"] for r in rows], predictions)["exact_match"]
+  return score, predictions
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 1: the backbone.
+
+
+def init_backbone_params(config: T5Config, seed: int) -> Params:
+  """The backbone's random initial weights (T5 initializers)."""
+  tokens = jnp.ones((1, 1), jnp.int32)
+  variables = T5Transformer(config).init(jax.random.PRNGKey(seed), tokens, tokens)
+  return nn.unbox(variables)["params"]
+
+
+def train_backbone(bb: BackboneConfig, run_dir: pathlib.Path, lengths: Mapping[str, int], *,
+                   progress_bar: bool = False) -> Params:
+  """Model-tunes a fresh tiny T5 on the demo mixture (resumes from `run_dir`)."""
+  config = bb.t5_config()
+  opt = dataclasses.replace(opt_lib.MODEL_TUNING_OPTIMIZER, learning_rate=bb.learning_rate,
+                            multiply_by_parameter_scale=True)
+  result = trainer.train(
+      T5Transformer(config), {}, init_backbone_params(config, bb.seed),
+      rules=opt_lib.MODEL_TUNING_RULES, opt_config=opt,
+      batches=inputs.batch_factory(DEMO_MIXTURE, split="train", task_feature_lengths=lengths,
+                                   batch_size=bb.batch_size, seed=bb.seed),
+      cfg=trainer.TrainerConfig(model_dir=str(run_dir), train_steps=bb.train_steps,
+                                checkpoint_period=bb.train_steps, log_period=10,
+                                seed=bb.seed, enable_dropout=False,
+                                progress_bar=progress_bar))
+  return result.trainable
+
+
+def save_hf_checkpoint(params: Params, config: T5Config, out_dir: pathlib.Path) -> None:
+  """Writes an HF-format checkpoint: `config.json` and `model.safetensors`."""
+  from safetensors.numpy import save_file  # Local: only the backbone build writes one.
+  out_dir.mkdir(parents=True, exist_ok=True)
+  state = {k: np.asarray(v, np.float32) for k, v in to_hf_state_dict(params, config).items()}
+  save_file(state, str(out_dir / "model.safetensors"))
+  (out_dir / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+
+
+def is_backbone(path: pathlib.Path) -> bool:
+  return all((path / name).is_file() for name in ("config.json", "model.safetensors"))
+
+
+def ensure_backbone(bb: BackboneConfig, cache_root: pathlib.Path, lengths: Mapping[str, int],
+                    *, progress_bar: bool = False, log: Callable[[str], None] = print
+                    ) -> pathlib.Path:
+  """The cached backbone's dir, built first if missing.
+
+  The build runs in `<cache_root>/<key>.partial/` (an interrupted build resumes from its
+  training checkpoint there), then the dir is renamed to `<cache_root>/<key>/` in one step,
+  so a reader never sees a half-written backbone. The training checkpoints are dropped;
+  `run/metrics.jsonl` (its learning curve) is kept.
+  """
+  final = cache_root / bb.key()
+  if is_backbone(final):
+    log(f"backbone: cached at {final}")
+    return final
+  partial = cache_root / f"{bb.key()}.partial"
+  done = partial / "backbone.json"  # Written last: the weights in `partial` are complete.
+  if not done.exists():
+    log(f"backbone: model-tuning a tiny T5 on {', '.join(bb.skills)} "
+        f"({bb.train_steps} steps, batch {bb.batch_size}) -> {final}")
+    params = train_backbone(bb, partial / "run", lengths, progress_bar=progress_bar)
+    save_hf_checkpoint(params, bb.t5_config(), partial)
+    done.write_text(json.dumps({"format": BACKBONE_FORMAT, **dataclasses.asdict(bb)},
+                               indent=2) + "\n")
+  shutil.rmtree(partial / "run" / "checkpoints", ignore_errors=True)
+  try:
+    os.rename(partial, final)
+  except OSError:
+    if not is_backbone(final):  # Not a concurrent build that finished first.
+      raise
+    shutil.rmtree(partial, ignore_errors=True)
+  return final
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 2: the prompt.
+
+
+def make_prompt(pc: PromptConfig, embedding: np.ndarray) -> Prompt:
+  """A fresh prompt whose init draws on the frozen backbone's embedding table [V, D]."""
+  if pc.init == "sampled_vocab":
+    init = initializers.sampled_vocab(embedding, ASCII_POPULATION)
+  elif pc.init == "class_labels":
+    # The task word plays the class label: row 0 is the mean of its byte embeddings.
+    word = gym.get_skill(pc.skill).word
+    init = initializers.class_labels(embedding, [gym.VOCAB.encode(word)],
+                                     fallback=initializers.sampled_vocab(embedding,
+                                                                         ASCII_POPULATION))
+  elif pc.init == "random_uniform":
+    init = initializers.random_uniform()
+  else:
+    raise ValueError(f"Unknown prompt init {pc.init!r}; use one of {PROMPT_INITS}.")
+  return Prompt(pc.length, initializer=init)
+
+
+@dataclasses.dataclass
+class PromptRun:
+  """What the prompt stage leaves: the prompted model, its frozen params and the prompt."""
+  model: T5Transformer
+  frozen: Params
+  prompt: np.ndarray  # [P, D], best on validation when periodic eval ran.
+  result: trainer.TrainResult
+
+
+def tune_prompt(pc: PromptConfig, bb: BackboneConfig, model: T5Transformer, frozen: Params,
+                model_dir: pathlib.Path, lengths: Mapping[str, Mapping[str, int]], *,
+                progress_bar: bool = False) -> PromptRun:
+  """Tunes a prompt on `skill_gym_<skill>_noword` with the backbone frozen.
+
+  Every `pc.eval_period` steps the prompt is scored (greedy exact match) on validation
+  examples; the best one is exported as `prompts/prompt_best.npy` and returned.
+  """
+  prompt = make_prompt(pc, np.asarray(frozen["token_embedder"]["embedding"]))
+  prompted = T5Transformer(model.config, prompt=prompt)
+  init = {"prompt": init_prompt_params(prompt, jax.random.PRNGKey(pc.seed),
+                                       model.config.d_model)}
+  decode = make_decoder(eval_model(model.config, pc.length), lengths["prompt"]["targets"])
+  validation = eval_rows(bb, pc.skill, "validation", pc.validation_examples, with_word=False)
+
+  def evaluator(trainable: Params, step: int) -> dict[str, float]:
+    del step
+    score, _ = exact_match(decode, {**frozen, **trainable}, validation,
+                           input_length=lengths["mixture"]["inputs"],
+                           batch_size=pc.eval_batch_size)
+    return {"exact_match": score}
+
+  result = trainer.train(
+      prompted, frozen, init, rules=opt_lib.PROMPT_TUNING_RULES,
+      opt_config=opt_lib.OptimizerConfig(learning_rate=pc.learning_rate),
+      batches=inputs.batch_factory(gym.task_name(pc.skill, with_word=False), split="train",
+                                   task_feature_lengths=lengths["prompt"],
+                                   batch_size=pc.batch_size, seed=pc.seed),
+      cfg=trainer.TrainerConfig(model_dir=str(model_dir), train_steps=pc.train_steps,
+                                checkpoint_period=pc.train_steps, eval_period=pc.eval_period,
+                                log_period=10, seed=pc.seed, enable_dropout=False,
+                                best_metric="exact_match", progress_bar=progress_bar),
+      evaluator=evaluator)
+  best = model_dir / "prompts" / "prompt_best.npy"
+  prompt_array = (initializers.load_npy_prompt(best) if best.exists()
+                  else np.asarray(result.trainable["prompt"]["prompt"]))
+  return PromptRun(prompted, frozen, prompt_array, result)
+
+
+# ---------------------------------------------------------------------------------------
+# Reporting.
+
+
+def _curve(records: Sequence[Mapping[str, Any]], split: str, key: str) -> tuple[list, list]:
+  """(steps, values) of one metric; a resumed run's repeated steps keep their last value."""
+  points = {r["step"]: r[key] for r in records if r["split"] == split and key in r}
+  steps = sorted(points)
+  return steps, [points[s] for s in steps]
+
+
+def plot_learning_curve(model_dir: pathlib.Path, out_png: pathlib.Path, *,
+                        backbone_run: pathlib.Path | None = None, title: str = "") -> None:
+  """Train loss vs step (and validation exact match) of the prompt run, beside the backbone's.
+
+  Uses matplotlib's Agg canvas directly: no display and no global backend switch.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  backbone = read_metrics(backbone_run) if backbone_run is not None else []
+  panels = 2 if backbone else 1
+  fig = Figure(figsize=(5.5 * panels, 4.0))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, panels, squeeze=False)[0]
+  if backbone:
+    axes[0].plot(*_curve(backbone, "train", "loss"), color="tab:gray")
+    axes[0].set(title="backbone: model tuning (with task words)", xlabel="step",
+                ylabel="train loss", yscale="log")
+  ax = axes[-1]
+  records = read_metrics(model_dir)
+  ax.plot(*_curve(records, "train", "loss"), color="tab:blue", label="train loss")
+  ax.set(title=title or "prompt tuning (no task word)", xlabel="step", ylabel="train loss",
+         yscale="log")
+  steps, em = _curve(records, "eval", "exact_match")
+  if steps:
+    twin = ax.twinx()
+    twin.plot(steps, em, "o-", color="tab:orange", label="validation exact match")
+    twin.set(ylabel="exact match", ylim=(-0.02, 1.02))
+    twin.legend(loc="center right")
+  ax.legend(loc="upper right")
+  fig.tight_layout()
+  out_png.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out_png, dpi=100)
+
+
+def format_table(skill: str, n: int, reference: float, before: float, after: float,
+                 prompt_length: int) -> str:
+  """The before / after table (held-out test split, greedy decoding)."""
+  rows = [("backbone + task word (reference)", reference),
+          ("before: bare input, no prompt (zero-shot)", before),
+          (f"after:  bare input + tuned prompt (P={prompt_length})", after)]
+  width = max(len(name) for name, _ in rows)
+  lines = [f"skill {skill!r}: exact match on {n} held-out test examples (greedy decoding)",
+           f"  {'setting':<{width}}  exact_match"]
+  lines += [f"  {name:<{width}}  {value:11.2f}" for name, value in rows]
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The whole demo.
+
+# What a prompt run writes into its model dir (removed by `overwrite`; nothing else is).
+_RUN_OUTPUTS = ("checkpoints", "prompts", "events", "metrics.jsonl", "best.json",
+                "learning_curve.png", "demo.json")
+# Settings a resumed prompt run must share with the run it resumes (steps may grow).
+_RESUME_KEYS = ("skill", "length", "init", "batch_size", "learning_rate", "seed")
+
+
+@dataclasses.dataclass
+class DemoResult:
+  skill: str
+  before: float
+  after: float
+  reference: float
+  backbone_dir: pathlib.Path
+  model_dir: pathlib.Path
+  plot: pathlib.Path
+  seconds: dict[str, float]
+  run: PromptRun
+
+
+def prepare_run_dir(model_dir: pathlib.Path, bb: BackboneConfig, pc: PromptConfig,
+                     overwrite: bool) -> None:
+  """Clears the run (`overwrite`), or checks that the run to resume has the same settings."""
+  record = model_dir / "demo.json"
+  settings = {"backbone": bb.key(), **{k: getattr(pc, k) for k in _RESUME_KEYS}}
+  if overwrite:
+    for path in (model_dir / name for name in _RUN_OUTPUTS):
+      if path.is_dir():
+        shutil.rmtree(path)
+      else:
+        path.unlink(missing_ok=True)
+  elif (model_dir / "checkpoints").exists() and record.exists():
+    old = json.loads(record.read_text())
+    if old != settings:
+      changed = sorted(k for k in settings if old.get(k) != settings[k])
+      raise DemoError(f"{model_dir} holds a prompt run with other settings ({', '.join(changed)}"
+                      f"); pass --overwrite to start it afresh, or another --model_dir.")
+  model_dir.mkdir(parents=True, exist_ok=True)
+  record.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def run_demo(bb: BackboneConfig, pc: PromptConfig, *, cache_root: pathlib.Path,
+             model_dir: pathlib.Path, overwrite: bool = False, progress_bar: bool = False,
+             log: Callable[[str], None] = print) -> DemoResult:
+  """Backbone (cached), zero-shot eval, prompt tuning, prompted eval, plot. See module doc."""
+  if pc.skill not in bb.skills:
+    log(f"note: the backbone never learned {pc.skill!r} (its skills: {', '.join(bb.skills)}); "
+        "the prompt has to teach it, which a small prompt rarely manages.")
+  prepare_run_dir(model_dir, bb, pc, overwrite)
+  seconds = {}
+  t0 = time.perf_counter()
+  lengths = register_data(bb, pc.skill)
+  backbone_dir = ensure_backbone(bb, cache_root, lengths["mixture"], progress_bar=progress_bar,
+                                 log=log)
+  seconds["backbone"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  model, frozen = load_pretrained(backbone_dir)
+  evaluate = functools.partial(exact_match, input_length=lengths["mixture"]["inputs"],
+                               batch_size=pc.eval_batch_size)
+  decode = make_decoder(model, lengths["prompt"]["targets"])
+  test = {w: eval_rows(bb, pc.skill, "test", pc.test_examples, with_word=w) for w in (True, False)}
+  reference, _ = evaluate(decode, frozen, test[True])
+  before, before_predictions = evaluate(decode, frozen, test[False])
+  seconds["eval"] = time.perf_counter() - t0
+  log(f"backbone on {pc.skill!r}: with task word {reference:.2f}, without (zero-shot) "
+      f"{before:.2f}")
+
+  t0 = time.perf_counter()
+  log(f"prompt: tuning P={pc.length} ({pc.init} init) on {gym.task_name(pc.skill, False)} "
+      f"for {pc.train_steps} steps -> {model_dir}")
+  run = tune_prompt(pc, bb, model, frozen, model_dir, lengths, progress_bar=progress_bar)
+  seconds["prompt"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  prompted_params = {**frozen, "prompt": {"prompt": jnp.asarray(run.prompt)}}
+  after, after_predictions = evaluate(
+      make_decoder(eval_model(model.config, pc.length), lengths["prompt"]["targets"]),
+      prompted_params, test[False])
+  seconds["eval"] += time.perf_counter() - t0
+  plot = model_dir / "learning_curve.png"
+  plot_learning_curve(model_dir, plot, backbone_run=backbone_dir / "run",
+                      title=f"prompt tuning: {pc.skill} (no task word)")
+  for row, b, a in list(zip(test[False], before_predictions, after_predictions))[:3]:
+    log(f"  {row['inputs']!r:>12} -> before {b!r}, after {a!r} (target {row['targets']!r})")
+  log(format_table(pc.skill, len(test[False]), reference, before, after, pc.length))
+  log(f"learning curve: {plot}")
+  return DemoResult(pc.skill, before, after, reference, backbone_dir, model_dir, plot, seconds,
+                    run)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line.
+
+
+def default_cache_root() -> pathlib.Path:
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(base) / "prompt_jax" / "skill_gym"
+
+
+def _positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+  return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  bb, pc = BackboneConfig(), PromptConfig()
+  p = argparse.ArgumentParser(
+      prog="prompt-jax demo", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--skill", default=pc.skill, help="skill the prompt selects (see skill_gym)")
+  p.add_argument("--model_dir", default=None, help="prompt run dir (None: ./demo_runs/<skill>)")
+  p.add_argument("--cache_dir", default=None,
+                 help=f"backbone cache root (None: {default_cache_root()})")
+  p.add_argument("--overwrite", action="store_true",
+                 help="start the prompt run afresh instead of resuming it")
+  p.add_argument("--backbone_skills", default=",".join(bb.skills),
+                 help="comma-separated skills of the backbone's mixture")
+  p.add_argument("--backbone_steps", type=_positive_int, default=bb.train_steps)
+  p.add_argument("--prompt_steps", type=_positive_int, default=pc.train_steps)
+  p.add_argument("--prompt_length", type=_positive_int, default=pc.length)
+  p.add_argument("--prompt_init", choices=PROMPT_INITS, default=pc.init)
+  p.add_argument("--learning_rate", type=float, default=pc.learning_rate,
+                 help="prompt-tuning learning rate (Adafactor, constant)")
+  p.add_argument("--eval_period", type=_positive_int, default=pc.eval_period)
+  p.add_argument("--test_examples", type=_positive_int, default=pc.test_examples)
+  p.add_argument("--seed", type=int, default=pc.seed, help="prompt init and data order")
+  p.add_argument("--progress_bar", action=argparse.BooleanOptionalAction,
+                 default=sys.stderr.isatty())
+  return p.parse_args(argv)
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[BackboneConfig, PromptConfig]:
+  skills = tuple(s.strip() for s in args.backbone_skills.split(",") if s.strip())
+  for skill in (*skills, args.skill):
+    try:
+      gym.get_skill(skill)
+    except KeyError as e:  # Its message lists the families.
+      raise DemoError(e.args[0]) from None
+  bb = BackboneConfig(skills=skills, train_steps=args.backbone_steps)
+  pc = PromptConfig(skill=args.skill, length=args.prompt_length, init=args.prompt_init,
+                    train_steps=args.prompt_steps, learning_rate=args.learning_rate,
+                    eval_period=args.eval_period, test_examples=args.test_examples,
+                    seed=args.seed)
+  return bb, pc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the demo; the last line printed is `demo: <skill> exact_match before=.. after=..`."""
+  args = parse_args(argv)
+  logging.getLogger("absl").setLevel(logging.ERROR)  # No per-task seqio cache warnings.
+  start = time.perf_counter()
+  try:
+    bb, pc = configs_from_args(args)
+    result = run_demo(
+        bb, pc, cache_root=pathlib.Path(args.cache_dir or default_cache_root()).expanduser(),
+        model_dir=pathlib.Path(args.model_dir or pathlib.Path("demo_runs") / pc.skill),
+        overwrite=args.overwrite, progress_bar=args.progress_bar)
+  except DemoError as e:
+    print(f"demo: {e.args[0]}", file=sys.stderr)
+    return 2
+  s = result.seconds
+  print(f"time: {time.perf_counter() - start:.0f} s (backbone {s['backbone']:.0f} s, prompt "
+        f"{s['prompt']:.0f} s, eval {s['eval']:.0f} s)")
+  print(LAST_LINE.format(skill=pc.skill, before=result.before, after=result.after), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,70 @@
+"""`prompt-jax bench` on the tiny model: the JSON's shape, types and signs (never its speed)."""
+
+import json
+import math
+
+import pytest
+
+from prompt_jax import bench
+
+MODE_KEYS = {"steps_per_s", "examples_per_s", "flops_per_step", "flops_fraction_of_peak",
+             "peak_rss_mb"}
+PEER_KEYS = {"steps_per_s", "examples_per_s", "peak_rss_mb"}
+# Dropout off: its RNG makes XLA CPU compiles several times slower (the bench runs with it).
+TINY = ["--tiny", "--steps", "2", "--warmup", "1", "--dropout_rate", "0"]
+
+
+def _positive_floats(figures: dict, keys: set) -> None:
+  assert set(figures) == keys
+  for key, value in figures.items():
+    assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+
+
+def test_tiny_bench_prints_one_json_object(capsys):
+  """Every mode and PEFT, timed in rounds (in this process: the subprocesses would
+  import and compile all over again; `test_child_process_protocol` covers them)."""
+  pytest.importorskip("peft")  # The `test` extra installs it.
+  assert bench.main([*TINY, "--in_process", "--peer", "peft"]) == 0
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == 1  # One JSON object; logs went to stderr.
+  result = json.loads(out[0])
+  assert set(result) == {"matmul_peak_flops", "prompt_tuning", "model_tuning",
+                         "peft_prompt_tuning", "speedup_vs_peft"}
+  for key in ("matmul_peak_flops", "speedup_vs_peft"):
+    assert isinstance(result[key], float) and result[key] > 0
+  for mode in ("prompt_tuning", "model_tuning"):
+    _positive_floats(result[mode], MODE_KEYS)
+  _positive_floats(result["peft_prompt_tuning"], PEER_KEYS)
+  for mode in ("prompt_tuning", "model_tuning", "peft_prompt_tuning"):
+    figures = result[mode]  # Tiny batch size 2.
+    assert math.isclose(figures["examples_per_s"], 2 * figures["steps_per_s"])
+  pt, mt = result["prompt_tuning"], result["model_tuning"]
+  assert math.isclose(result["speedup_vs_peft"],
+                      pt["steps_per_s"] / result["peft_prompt_tuning"]["steps_per_s"])
+  assert math.isclose(pt["flops_fraction_of_peak"],
+                      pt["flops_per_step"] * pt["steps_per_s"] / result["matmul_peak_flops"])
+  # Freezing removes the weight gradients: fewer FLOPs per step on the same shapes.
+  assert pt["flops_per_step"] < mt["flops_per_step"]
+
+
+def test_child_process_protocol():
+  """A runner in its own process answers `step` with seconds and `summary` with JSON."""
+  cfg = bench.config_from_args(bench._parser().parse_args(TINY), TINY)
+  child = bench.ChildRunner(bench.MATMUL, cfg)
+  try:
+    child.wait_ready()
+    seconds = [child.step() for _ in range(2)]
+    summary = child.summary()
+  finally:
+    child.close()
+  assert child.proc.returncode == 0
+  assert all(isinstance(s, float) and s > 0 for s in seconds)
+  assert summary == {"flops_per_step": 2.0 * bench.TINY_SHAPES["matmul_size"] ** 3}
+
+
+def test_tiny_config_keeps_explicit_flags():
+  args = ["--tiny", "--batch_size", "3", "--prompt_length=5"]
+  cfg = bench.config_from_args(bench._parser().parse_args(args), args)
+  assert (cfg.batch_size, cfg.prompt_length, cfg.input_length) == (
+      3, 5, bench.TINY_SHAPES["input_length"])
+  assert bench.config_from_args(bench._parser().parse_args([]), []) == bench.BenchConfig()
