@@ -21,7 +21,7 @@ What is compared:
     no weight gradients, ideally 2/3 of the model-tuning FLOPs.
   * peft_prompt_tuning (`--peer peft`): HF `T5ForConditionalGeneration` from a random config
     of the same shape wrapped by `peft`'s `PromptTuningConfig(SEQ_2_SEQ_LM, P virtual
-    tokens)`, AdamW on the prompt, torch threads = CPU cores.
+    tokens)`, AdamW on the prompt, torch threads = the CPU cores it may use.
   Dropout is on at rate 0.1 in all three (HF T5's default, in train mode); `--dropout_rate`
   changes it for all three.
 
@@ -149,6 +149,14 @@ def peak_rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2.0**20
 
 
+def available_cores() -> int:
+  """CPU cores this process may run on (respects `taskset` / cpusets)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
 def cost_flops(compiled: Any) -> float:
   """FLOPs of a compiled XLA computation (`cost_analysis()` is a dict, or a list of one)."""
   analysis = compiled.cost_analysis()
@@ -250,7 +258,7 @@ class PeftRunner:
     import transformers
 
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(available_cores())
     mc = model_config(cfg)
     model = transformers.T5ForConditionalGeneration(transformers.T5Config(**mc.to_hf_dict()))
     if model.lm_head.weight is model.shared.weight:  # transformers >= 5 ties by default.

@@ -9,13 +9,11 @@ for reverse, shift_1, upper and copy).
 Two stages, both through the library's own training loop:
 
 1. **Backbone.** A tiny T5 1.1-style model (gated-GELU, byte vocabulary) is model-tuned from
-   scratch on a mixture of skill-gym tasks whose inputs read "<task word> <string>", so it
-   becomes a multi-skill model that follows the word. It is saved as an HF-format
-   pretrained checkpoint (`config.json` + `model.safetensors`) in a cache dir keyed by a
-   hash of its settings, and reused from there on later runs.
+   scratch on skill-gym tasks whose inputs read "<task word> <string>", so it learns to
+   follow the word. It is saved as an HF-format checkpoint (`config.json` +
+   `model.safetensors`) in a cache dir keyed by a hash of its settings, and reused.
 2. **Prompt.** The backbone is loaded with `load_pretrained` and frozen; a fresh soft prompt
-   is tuned on `skill_gym_<skill>_noword` (the bare string, no task word), so the prompt
-   has to select the skill the word used to select.
+   is tuned on `skill_gym_<skill>_noword` (no task word): it has to select the skill.
 
 Held-out (test split) exact match by greedy decoding is printed *before* (the backbone given
 the bare string, no prompt: zero-shot) and *after* (the same input behind the tuned prompt,
@@ -222,6 +220,11 @@ def exact_match(decode: DecodeFn, params: Params, rows: Sequence[Mapping[str, st
 # Stage 1: the backbone.
 
 
+def _log_period(steps: int) -> int:
+  """Every 10 steps, or often enough that a short run still logs a curve."""
+  return max(1, min(10, steps // 4))
+
+
 def init_backbone_params(config: T5Config, seed: int) -> Params:
   """The backbone's random initial weights (T5 initializers)."""
   tokens = jnp.ones((1, 1), jnp.int32)
@@ -241,8 +244,8 @@ def train_backbone(bb: BackboneConfig, run_dir: pathlib.Path, lengths: Mapping[s
       batches=inputs.batch_factory(DEMO_MIXTURE, split="train", task_feature_lengths=lengths,
                                    batch_size=bb.batch_size, seed=bb.seed),
       cfg=trainer.TrainerConfig(model_dir=str(run_dir), train_steps=bb.train_steps,
-                                checkpoint_period=bb.train_steps, log_period=10,
-                                seed=bb.seed, enable_dropout=False,
+                                checkpoint_period=bb.train_steps, seed=bb.seed,
+                                log_period=_log_period(bb.train_steps), enable_dropout=False,
                                 progress_bar=progress_bar))
   return result.trainable
 
@@ -353,8 +356,9 @@ def tune_prompt(pc: PromptConfig, bb: BackboneConfig, model: T5Transformer, froz
                                    batch_size=pc.batch_size, seed=pc.seed),
       cfg=trainer.TrainerConfig(model_dir=str(model_dir), train_steps=pc.train_steps,
                                 checkpoint_period=pc.train_steps, eval_period=pc.eval_period,
-                                log_period=10, seed=pc.seed, enable_dropout=False,
-                                best_metric="exact_match", progress_bar=progress_bar),
+                                log_period=_log_period(pc.train_steps), seed=pc.seed,
+                                enable_dropout=False, best_metric="exact_match",
+                                progress_bar=progress_bar),
       evaluator=evaluator)
   best = model_dir / "prompts" / "prompt_best.npy"
   prompt_array = (initializers.load_npy_prompt(best) if best.exists()
@@ -369,8 +373,7 @@ def tune_prompt(pc: PromptConfig, bb: BackboneConfig, model: T5Transformer, froz
 def _curve(records: Sequence[Mapping[str, Any]], split: str, key: str) -> tuple[list, list]:
   """(steps, values) of one metric; a resumed run's repeated steps keep their last value."""
   points = {r["step"]: r[key] for r in records if r["split"] == split and key in r}
-  steps = sorted(points)
-  return steps, [points[s] for s in steps]
+  return sorted(points), [points[s] for s in sorted(points)]
 
 
 def plot_learning_curve(model_dir: pathlib.Path, out_png: pathlib.Path, *,
@@ -383,10 +386,9 @@ def plot_learning_curve(model_dir: pathlib.Path, out_png: pathlib.Path, *,
   from matplotlib.figure import Figure
 
   backbone = read_metrics(backbone_run) if backbone_run is not None else []
-  panels = 2 if backbone else 1
-  fig = Figure(figsize=(5.5 * panels, 4.0))
+  fig = Figure(figsize=(11.0 if backbone else 5.5, 4.0))
   FigureCanvasAgg(fig)
-  axes = fig.subplots(1, panels, squeeze=False)[0]
+  axes = fig.subplots(1, 2 if backbone else 1, squeeze=False)[0]
   if backbone:
     axes[0].plot(*_curve(backbone, "train", "loss"), color="tab:gray")
     axes[0].set(title="backbone: model tuning (with task words)", xlabel="step",
@@ -415,10 +417,10 @@ def format_table(skill: str, n: int, reference: float, before: float, after: flo
           ("before: bare input, no prompt (zero-shot)", before),
           (f"after:  bare input + tuned prompt (P={prompt_length})", after)]
   width = max(len(name) for name, _ in rows)
-  lines = [f"skill {skill!r}: exact match on {n} held-out test examples (greedy decoding)",
-           f"  {'setting':<{width}}  exact_match"]
-  lines += [f"  {name:<{width}}  {value:11.2f}" for name, value in rows]
-  return "\n".join(lines)
+  return "\n".join(
+      [f"skill {skill!r}: exact match on {n} held-out test examples (greedy decoding)",
+       f"  {'setting':<{width}}  exact_match"]
+      + [f"  {name:<{width}}  {value:11.2f}" for name, value in rows])
 
 
 # ---------------------------------------------------------------------------------------
