@@ -263,8 +263,12 @@ class PeftRunner:
     model = transformers.T5ForConditionalGeneration(transformers.T5Config(**mc.to_hf_dict()))
     if model.lm_head.weight is model.shared.weight:  # transformers >= 5 ties by default.
       model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
+    # One submodule: the prompt goes in front of the encoder input only, as ours does (and as
+    # Lester et al.). PEFT's seq2seq default (2) also prepends P tokens to the decoder input,
+    # a different method that does more work per step.
     config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM,
-                                     num_virtual_tokens=cfg.prompt_length)
+                                     num_virtual_tokens=cfg.prompt_length,
+                                     num_transformer_submodules=1)
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5.
       warnings.simplefilter("ignore", FutureWarning)
       self.model = peft.get_peft_model(model, config)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_jax.models.config import T5Config
-from prompt_jax.models.layers import (Kernel, MlpBlock, MultiHeadAttention,
+from prompt_jax.models.layers import (Dropout, Kernel, MlpBlock, MultiHeadAttention,
                                       RelativePositionBias, RMSNorm, _param,
                                       attention_bias_from_mask)
 
@@ -72,7 +72,7 @@ class Embed(nn.Module):
 def _dropout(x: Array, rate: float, deterministic: bool) -> Array:
   if deterministic or rate == 0:
     return x
-  return nn.Dropout(rate)(x, deterministic=False)
+  return Dropout(rate)(x, deterministic=False)
 
 
 class EncoderLayer(nn.Module):
