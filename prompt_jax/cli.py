@@ -117,8 +117,13 @@ def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -
   if extra:
     raise CliError(f"Unrecognised arguments {extra}; see `prompt-jax --help`.")
   if args.command == "tasks":
-    from prompt_jax.data import registry
+    from prompt_jax.data import registry, skill_gym
     print(registry.format_task_list(registry.list_tasks(args.tfds_data_dir)))
+    print(f"\nskill gym (generated on the fly, nothing to prepare): {len(skill_gym.SKILLS)} "
+          f"skills as {skill_gym.TASK_PREFIX}<skill> and {skill_gym.TASK_PREFIX}<skill>_noword "
+          f"(task word removed); mixtures {skill_gym.MIXTURE_NAME} (the demo backbone's "
+          f"{len(skill_gym.CORE_SKILLS)} skills) and {skill_gym.TASK_PREFIX}all. "
+          f"Core skills: {', '.join(skill_gym.CORE_SKILLS)}.")
     return 0
   if args.command == "prepare":
     if not args.name:

@@ -101,6 +101,14 @@ def test_unprepared_dataset_fails_fast_with_the_prepare_command(capsys, tmp_path
   assert "glue" in err and "prompt-jax prepare glue_rte" in err
 
 
+def test_tasks_lists_benchmark_tasks_with_their_status_and_the_skill_gym(capsys, tmp_path):
+  assert cli.main(["tasks", f"--tfds_data_dir={tmp_path}"]) == 0
+  out = capsys.readouterr().out
+  rte = next(line for line in out.splitlines() if line.startswith("glue_rte "))
+  assert rte.split()[1:4] == ["task", "t5", "no"]  # Nothing is prepared in an empty dir.
+  assert "skill_gym_<skill>_noword" in out and "skill_gym_mix" in out
+
+
 def test_missing_gin_file(capsys):
   err = _main_error(capsys, "train", "--gin_file=runs/nope.gin")
   assert "runs/nope.gin" in err
