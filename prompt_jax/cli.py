@@ -147,6 +147,9 @@ def _run_fn_name(command: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  # TensorFlow (the data pipeline's, CPU only) logs a page about missing CUDA drivers at
+  # import; real failures still raise. `TF_CPP_MIN_LOG_LEVEL=0` shows its logs again.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   if argv and argv[0] in ("bench", "demo"):  # They own their flags.
     import importlib
     return importlib.import_module(f"prompt_jax.{argv[0]}").main(argv[1:]) or 0

@@ -398,13 +398,14 @@ def plot_learning_curve(model_dir: pathlib.Path, out_png: pathlib.Path, *,
   ax.plot(*_curve(records, "train", "loss"), color="tab:blue", label="train loss")
   ax.set(title=title or "prompt tuning (no task word)", xlabel="step", ylabel="train loss",
          yscale="log")
+  handles = ax.get_lines()
   steps, em = _curve(records, "eval", "exact_match")
   if steps:
     twin = ax.twinx()
-    twin.plot(steps, em, "o-", color="tab:orange", label="validation exact match")
+    handles += twin.plot(steps, em, "o-", color="tab:orange", label="validation exact match")
     twin.set(ylabel="exact match", ylim=(-0.02, 1.02))
-    twin.legend(loc="center right")
-  ax.legend(loc="upper right")
+  # One legend for both axes, below the plot: inside it would cover one of the curves.
+  ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
   fig.tight_layout()
   out_png.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(out_png, dpi=100)
