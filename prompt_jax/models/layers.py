@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_jax.models.dropout import Dropout
+
 Array = jax.Array
 # Additive attention bias for masked positions. T5X uses -1e10: finite, so a fully masked row
 # (a padded query) softmaxes to uniform instead of NaN.
@@ -27,48 +29,6 @@ _MASK_BIAS = -1e10
 def _param(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...],
            axes: tuple[str, ...]) -> Array:
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
-
-
-# Dropout draws 16-bit uniforms, two from each 32-bit threefry word: the random bits are
-# most of what dropout costs on CPU (threefry is plain arithmetic there), and half the words
-# is half that cost. The drop probability is quantised to k / 2**16 (0.1 -> 0.1000061).
-_DROPOUT_BITS = 16
-
-
-def dropout(x: Array, rate: float, rng: Array) -> Array:
-  """Inverted dropout: zeroes each entry with probability `rate`, scales the rest up.
-
-  The keep mask is exact Bernoulli(1 - k / 2**16), k = round(rate * 2**16), drawn from the
-  16-bit halves of `jax.random.bits` words laid out along the last axis. The bits depend only
-  on `rng` and each entry's index (with partitionable threefry), so the mask is the same
-  however `x` is sharded. Kept entries are divided by the exact keep probability.
-  """
-  if not 0.0 <= rate <= 1.0:
-    raise ValueError(f"dropout rate must be in [0, 1], got {rate}.")
-  levels = 1 << _DROPOUT_BITS
-  k = round(rate * levels)
-  if k == 0:
-    return x
-  if k == levels:
-    return jnp.zeros_like(x)
-  last = x.shape[-1] if x.ndim else 1
-  words = jax.random.bits(rng, (*x.shape[:-1], (last + 1) // 2), jnp.uint32)
-  halves = jax.lax.bitcast_convert_type(words, jnp.uint16)  # [..., words, 2]
-  halves = halves.reshape(*x.shape[:-1], -1)[..., :last].reshape(x.shape)
-  keep = halves >= jnp.uint16(k)
-  scale = jnp.asarray(levels / (levels - k), x.dtype)
-  return jax.lax.select(keep, x * scale, jnp.zeros_like(x))
-
-
-class Dropout(nn.Module):
-  """`dropout` with its key from the module's "dropout" RNG stream (as `nn.Dropout`)."""
-  rate: float
-
-  @nn.compact
-  def __call__(self, x: Array, *, deterministic: bool) -> Array:
-    if deterministic or self.rate == 0:
-      return x
-    return dropout(x, self.rate, self.make_rng("dropout"))
 
 
 class Kernel(nn.Module):

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from prompt_jax.models.config import T5Config
-from prompt_jax.models.layers import (Dropout, Kernel, MlpBlock, MultiHeadAttention,
+from prompt_jax.models.dropout import Dropout
+from prompt_jax.models.layers import (Kernel, MlpBlock, MultiHeadAttention,
                                       RelativePositionBias, RMSNorm, _param,
                                       attention_bias_from_mask)
 

@@ -42,11 +42,12 @@ def _run(num_partitions: int | None, steps: int = 4):
   frozen_dev = jax.device_put(frozen, frozen_sh)
   fn = step_lib.make_train_step(model, tx, state_sharding=state_sh, frozen_sharding=frozen_sh,
                                 batch_sharding=partitioning.data_sharding(mesh))
-  data, losses = copy_task_batches(0), []
+  data, losses, prompts = copy_task_batches(0), [], []
   for _ in range(steps):
     state, sums = fn(state, frozen_dev, next(data))
     losses.append(float(sums["loss_sum"] / sums["weight_sum"]))
-  return losses, jax.device_get(state.params), frozen, jax.device_get(frozen_dev), mesh
+    prompts.append(np.asarray(jax.device_get(state.params["prompt"]["prompt"])))
+  return losses, jax.device_get(state.params), frozen, jax.device_get(frozen_dev), mesh, prompts
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def single():
 
 
 def test_frozen_bitwise_unchanged_and_prompt_moved(single):
-  losses, trained, frozen_before, frozen_after, _ = single
+  losses, trained, frozen_before, frozen_after, _, _ = single
   _, _, initial = _setup()
   for a, b in zip(jax.tree_util.tree_leaves(frozen_before), jax.tree_util.tree_leaves(frozen_after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -65,11 +66,15 @@ def test_frozen_bitwise_unchanged_and_prompt_moved(single):
 
 @pytest.mark.parametrize("num_partitions", [4, 2])  # Meshes 2x4 and 4x2.
 def test_mesh_matches_single_device(single, num_partitions):
-  losses, trained, *_ , mesh = _run(num_partitions)
+  losses, _, _, _, mesh, prompts = _run(num_partitions)
   assert mesh.shape == {"data": 8 // num_partitions, "model": num_partitions}
   np.testing.assert_allclose(losses, single[0], rtol=2e-5, atol=2e-6)
-  np.testing.assert_allclose(trained["prompt"]["prompt"], single[1]["prompt"]["prompt"],
-                             rtol=1e-4, atol=1e-5)
+  # One step: same dropout masks, same gradient up to summation order. A different mask
+  # would move the prompt by ~1e-2 here.
+  np.testing.assert_allclose(prompts[0], single[-1][0], rtol=0, atol=2e-7)
+  # Later steps: Adafactor (LR 0.3, update / RMS) amplifies float round-off about 3x per
+  # step (measured 3e-8, 4e-6, 1e-5, 3e-5 after steps 1-4 on the 4x2 mesh).
+  np.testing.assert_allclose(prompts[-1], single[-1][-1], rtol=0, atol=2e-4)
 
 
 def test_mesh_shards_model_axes():

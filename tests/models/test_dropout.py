@@ -1,12 +1,13 @@
-"""The layers' own contracts: dropout's rate, scale, determinism and sharding invariance."""
+"""Dropout: its hash is Threefry, its rate and scale are exact, its mask ignores sharding."""
 
 import jax
+import jax.extend.random as jex_random
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prompt_jax.models.layers import dropout
+from prompt_jax.models.dropout import dropout, threefry2x32, uniform16
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])
@@ -22,11 +23,32 @@ def test_dropout_rate_and_scale(rate):
   assert abs(y.mean() - 1) < 5 * np.sqrt((1 / keep_prob - 1) / n)
 
 
-def test_dropout_masks_are_independent_along_the_last_axis():
-  """Neighbouring entries come from the two halves of one word; they must not agree."""
-  y = np.asarray(dropout(jnp.ones((4096, 2)), 0.5, jax.random.PRNGKey(1))) != 0
-  both = (y[:, 0] & y[:, 1]).mean()
-  assert abs(both - 0.25) < 5 * np.sqrt(0.25 * 0.75 / 4096)
+def test_unrolled_threefry_equals_jax_threefry():
+  rng = np.random.default_rng(0)
+  key = rng.integers(0, 2**32, 2, dtype=np.uint32)
+  x0, x1 = (rng.integers(0, 2**32, 1000, dtype=np.uint32) for _ in range(2))
+  y0, y1 = jax.jit(threefry2x32)((key[0], key[1]), x0, x1)
+  expected = jex_random.threefry_2x32(key, np.concatenate([x0, x1]))  # Halves are x0, x1.
+  np.testing.assert_array_equal(np.concatenate([y0, y1]), expected)
+
+
+def test_uniform16_is_uniform_and_unique_per_position():
+  u = np.asarray(uniform16(jax.random.PRNGKey(5), (3, 50, 1001)), np.int64)
+  assert u.shape == (3, 50, 1001)
+  counts = np.bincount(u.ravel() >> 12, minlength=16)  # 16 bins of 4096 values.
+  expected = u.size / 16
+  assert ((counts - expected) ** 2 / expected).sum() < 60  # Chi-square, 15 dof: p ~ 1e-7.
+  # No two rows or positions reuse a hash: repeated rows would show as equal slices.
+  flat = u.reshape(-1, 1001)
+  assert len({row.tobytes() for row in flat}) == flat.shape[0]
+
+
+def test_dropout_masks_are_independent_within_one_hash():
+  """Four neighbouring entries share a hash (two words, two halves each); pairs must not agree."""
+  y = np.asarray(dropout(jnp.ones((8192, 4)), 0.5, jax.random.PRNGKey(1))) != 0
+  for i, j in ((0, 1), (1, 2), (0, 3)):
+    both = (y[:, i] & y[:, j]).mean()
+    assert abs(both - 0.25) < 5 * np.sqrt(0.25 * 0.75 / 8192), (i, j)
 
 
 def test_dropout_is_deterministic_per_key_and_exact_at_the_ends():
