@@ -147,8 +147,9 @@ def _run_fn_name(command: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  # TensorFlow (the data pipeline's, CPU only) logs a page about missing CUDA drivers at
-  # import; real failures still raise. `TF_CPP_MIN_LOG_LEVEL=0` shows its logs again.
+  # Quiets most of TensorFlow's C++ logging (the data pipeline's TF is CPU only; its notes on
+  # CUDA and CPU features are noise here). Lines TF prints before its logging is set up still
+  # appear; real failures still raise. `TF_CPP_MIN_LOG_LEVEL=0` shows everything again.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   if argv and argv[0] in ("bench", "demo"):  # They own their flags.
     import importlib

@@ -25,7 +25,7 @@ Array = jax.Array
 # Threefry-2x32 rotation distances (the two alternating groups of four) and key-schedule parity.
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = 0x1BD11BDA
-_BITS = 16  # Uniforms per entry; the drop probability is quantised to k / 2**16.
+_BITS = 16  # Bits per uniform draw: the drop probability is quantised to k / 2**16.
 _LEVELS = 1 << _BITS
 
 
