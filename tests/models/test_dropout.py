@@ -12,7 +12,7 @@ from prompt_jax.models.dropout import dropout, threefry2x32, uniform16
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])
 def test_dropout_rate_and_scale(rate):
-  x = jnp.ones((64, 129, 33))  # Odd last axis: the last 16-bit half of a word is dropped.
+  x = jnp.ones((64, 129, 33))  # 33 = 8 hashes + 1: the last hash's 3 spare draws go unused.
   y = np.asarray(dropout(x, rate, jax.random.PRNGKey(0)))
   kept = y != 0
   keep_prob = 1 - round(rate * 2**16) / 2**16
