@@ -28,6 +28,22 @@ def frozen_params(config: T5Config, seed: int = 0) -> dict:
   return nn.unbox(T5Transformer(config).init(jax.random.PRNGKey(seed), tokens, tokens))["params"]
 
 
+def randomize_hf_t5(model) -> None:
+  """Fills an HF PyTorch T5 with random weights in place, every tensor, layer norms included.
+
+  Fan-in scaled like T5's init, so logits stay O(1-10) and float32 noise below 1e-5.
+  """
+  import torch  # Only the HF parity / export tests need it.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "layer_norm" in name:
+        p.copy_(1.0 + 0.2 * torch.randn_like(p))
+      elif "relative_attention_bias" in name or name.startswith("shared"):
+        p.copy_(torch.randn_like(p))
+      else:  # Linear [out, in].
+        p.copy_(torch.randn_like(p) * p.shape[1] ** -0.5)
+
+
 def shift_right(targets: np.ndarray) -> np.ndarray:
   return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
 

@@ -24,6 +24,7 @@ transformers = pytest.importorskip("transformers")
 import prompt_jax  # noqa: E402
 from prompt_jax.checkpoints import to_hf_state_dict  # noqa: E402
 from prompt_jax.models import T5Transformer  # noqa: E402
+from tests.tiny import randomize_hf_t5  # noqa: E402
 
 TOL = 1e-5
 SIZES = dict(d_model=8, d_kv=3, d_ff=16, num_layers=2, num_decoder_layers=3, num_heads=4,
@@ -60,14 +61,7 @@ def build_hf(case: str, seed: int = 0):
   model = getattr(transformers, model_cls)(config).eval()
   if own_head:
     model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
-  with torch.no_grad():  # Fan-in scaled, as T5's init: logits O(1-10), float32 noise < 1e-5.
-    for name, p in model.named_parameters():
-      if "layer_norm" in name:
-        p.copy_(1.0 + 0.2 * torch.randn_like(p))
-      elif "relative_attention_bias" in name or name.startswith("shared"):
-        p.copy_(torch.randn_like(p))
-      else:  # Linear [out, in].
-        p.copy_(torch.randn_like(p) * p.shape[1] ** -0.5)
+  randomize_hf_t5(model)
   if own_head:
     assert not torch.equal(model.lm_head.weight, model.shared.weight)
   return model

@@ -24,7 +24,7 @@ import prompt_jax  # noqa: E402
 from prompt_jax.models import T5Transformer  # noqa: E402
 from prompt_jax.prompts import Prompt  # noqa: E402
 from prompt_jax.prompts import export  # noqa: E402
-from tests.tiny import tiny_config  # noqa: E402
+from tests.tiny import randomize_hf_t5, tiny_config  # noqa: E402
 
 TOL = 1e-5
 P = 5
@@ -48,14 +48,7 @@ def hf_checkpoint(tmp_path_factory):
   model = transformers.T5ForConditionalGeneration(transformers.T5Config(**HF_SIZES)).eval()
   # transformers >= 5 ties lm_head to shared by default; give the head its own weights.
   model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
-  with torch.no_grad():  # Fan-in scaled like T5's init, so logits are O(1) and noise < 1e-5.
-    for name, p in model.named_parameters():
-      if "layer_norm" in name:
-        p.copy_(1.0 + 0.2 * torch.randn_like(p))
-      elif "relative_attention_bias" in name or name.startswith("shared"):
-        p.copy_(torch.randn_like(p))
-      else:  # Linear [out, in].
-        p.copy_(torch.randn_like(p) * p.shape[1] ** -0.5)
+  randomize_hf_t5(model)
   path = tmp_path_factory.mktemp("hf_t5_1_1")
   model.save_pretrained(path)
   return torch, transformers, peft, path
