@@ -12,21 +12,21 @@ import logging
 import pathlib
 from typing import Any, Mapping, Sequence
 
+import flax.linen as nn
 import gin
 import jax
 import numpy as np
 import seqio
 
+from prompt_jax import configurables
 from prompt_jax.checkpoints import load_pretrained
 from prompt_jax.models.t5 import T5Transformer
-from prompt_jax.prompts import Prompt, init_prompt_params, initializers
+from prompt_jax.prompts import Prompt, PromptBank, init_prompt_params, initializers
+from prompt_jax.train import adapter as adapter_lib
 from prompt_jax.train import evaluation
 from prompt_jax.train import inputs
 from prompt_jax.train import optimizer as opt_lib
 from prompt_jax.train import trainer
-
-PROMPT_INITS = ("random_uniform", "reference_uniform", "sampled_vocab", "class_labels",
-                "from_string", "from_file")
 
 
 class UserError(Exception):
@@ -39,47 +39,8 @@ def architecture(**overrides: Any) -> dict[str, Any]:
   return overrides
 
 
-@gin.configurable
-def prompt_config(length: int = 100, init: str = "sampled_vocab", file: str | None = None,
-                  class_labels: Sequence[str] | None = None, text: str | None = None,
-                  placement: str = "prefix", population: int = 5000) -> dict[str, Any]:
-  """Prompt settings bound by `gin/prompts/*.gin` (PROMPT_LENGTH, PROMPT_FILE, CLASS_LABELS)."""
-  if init not in PROMPT_INITS:
-    raise UserError(f"Unknown prompt init {init!r}; use one of {PROMPT_INITS}.")
-  return dict(length=length, init=init, file=file, class_labels=class_labels, text=text,
-              placement=placement, population=population)
-
-
 def _vocabulary(task_name: str) -> seqio.Vocabulary:
   return seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
-
-
-def make_initializer(settings: Mapping[str, Any], embedding: np.ndarray,
-                     vocabulary: seqio.Vocabulary | None) -> initializers.Initializer:
-  """The prompt initializer named by `settings["init"]`, built on the pretrained embedding."""
-  kind = settings["init"]
-  sampled = initializers.sampled_vocab(embedding, settings["population"])
-  if kind == "random_uniform":
-    return initializers.random_uniform()
-  if kind == "reference_uniform":
-    return initializers.reference_uniform()
-  if kind == "sampled_vocab":
-    return sampled
-  if kind == "from_file":
-    if not settings["file"]:
-      raise UserError("prompt init 'from_file' needs PROMPT_FILE (--gin.PROMPT_FILE=...).")
-    return initializers.from_npy(settings["file"])
-  if vocabulary is None:
-    raise UserError(f"prompt init {kind!r} needs the task's vocabulary.")
-  if kind == "class_labels":
-    if not settings["class_labels"]:
-      raise UserError("prompt init 'class_labels' needs CLASS_LABELS, e.g. "
-                      "--gin.CLASS_LABELS=\"['entailment', 'not_entailment']\".")
-    ids = [vocabulary.encode(label) for label in settings["class_labels"]]
-    return initializers.class_labels(embedding, ids, sampled)
-  if not settings["text"]:
-    raise UserError("prompt init 'from_string' needs prompt_config.text.")
-  return initializers.from_string(embedding, vocabulary.encode(settings["text"]), sampled)
 
 
 def write_config(model_dir: str) -> None:
@@ -112,45 +73,113 @@ def _load(path: str, overrides: Mapping[str, Any]):
   return load_pretrained(path, **overrides)
 
 
-def build_prompted_model(checkpoint: str, settings: Mapping[str, Any], task_name: str,
-                         seed: int = 0):
-  """(model with prompt, frozen params, initial prompt params) for prompt tuning."""
-  base, frozen = _load(checkpoint, architecture())
-  embedding = np.asarray(frozen["token_embedder"]["embedding"])
-  init = make_initializer(settings, embedding, _vocabulary(task_name))
-  prompt = Prompt(settings["length"], initializer=init, placement=settings["placement"])
+def default_param_groups(prompt: nn.Module | None) -> opt_lib.ParamGroups:
+  """Prompt tuning (only `prompt/` trains) with a prompt module; model tuning without one.
+
+  The settings come from `optim.OptimizerConfig`, so its gin bindings (LEARNING_RATE, ...)
+  apply here too.
+  """
+  rules = opt_lib.PROMPT_TUNING_RULES if prompt is not None else opt_lib.MODEL_TUNING_RULES
+  return opt_lib.ParamGroups(rules, {opt_lib.TRAINABLE: configurables.OptimizerConfig()})
+
+
+def fit_prompt_to_tasks(prompt: nn.Module | None, names: Sequence[str]) -> nn.Module | None:
+  """A per-task module (`num_tasks` field) gets the mixture's task count when it is 0."""
+  n = getattr(prompt, "num_tasks", None)
+  if n is None:
+    return prompt
+  if n == 0:
+    return prompt.clone(num_tasks=len(names))
+  if n != len(names):
+    raise UserError(f"The prompt module has num_tasks={n} but the mixture has {len(names)} "
+                    f"tasks {list(names)}; leave num_tasks unset (0) to take the mixture's.")
+  return prompt
+
+
+@dataclasses.dataclass
+class Built:
+  """A model ready to train or evaluate: adapter, frozen params and initial trainables."""
+  adapter: adapter_lib.ModelAdapter
+  frozen: Any
+  trainable: Any
+  groups: opt_lib.ParamGroups
+  task_names: list[str]
+
+
+def build_model(checkpoint: str, prompt: nn.Module | None, task_name: str, *,
+                groups: opt_lib.ParamGroups | None = None,
+                loss_terms: Sequence[tuple[str, Any]] = (), seed: int = 0,
+                extra_frozen: Mapping[str, Any] | None = None) -> Built:
+  """Loads the checkpoint, binds the prompt's initializers to it, initialises, splits.
+
+  Args:
+    checkpoint: the pretrained T5X / HF checkpoint.
+    prompt: the prompt module (None: model tuning, every weight is in the groups' rules).
+    task_name: the task or mixture (its vocabulary for label / text initializers, its task
+      names for per-task modules).
+    groups: parameter groups (default: `default_param_groups(prompt)`).
+    loss_terms: (name, LossTerm) pairs for the adapter.
+    seed: the prompt initialisation key.
+    extra_frozen: more frozen parameters (e.g. a teacher prompt read by a loss term).
+
+  Returns:
+    A `Built`; `trainable` holds every leaf of a non-frozen group, `frozen` the rest.
+  """
+  groups = groups or default_param_groups(prompt)
+  names = inputs.task_names(task_name)
+  base, pretrained = _load(checkpoint, architecture())
+  prompt = fit_prompt_to_tasks(prompt, names)
+  params = dict(pretrained)
+  if prompt is not None:
+    embedding = np.asarray(pretrained["token_embedder"]["embedding"])
+    try:
+      prompt = initializers.bind_initializers(
+          prompt, initializers.Pretrained(embedding, _vocabulary(task_name)))
+      prompt_params = init_prompt_params(prompt, jax.random.PRNGKey(seed), base.config.d_model)
+    except (ValueError, FileNotFoundError) as e:
+      raise UserError(f"Prompt initialisation failed: {e}") from None
+    params["prompt"] = prompt_params
+  params.update(extra_frozen or {})
   model = T5Transformer(base.config, prompt=prompt)
-  trainable = {"prompt": init_prompt_params(prompt, jax.random.PRNGKey(seed),
-                                            base.config.d_model)}
-  return model, frozen, trainable
+  try:
+    labels = groups.labels(params)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  trainable, frozen = opt_lib.split_params(params, labels)
+  adapter = adapter_lib.ModelAdapter(model, loss_terms=tuple(loss_terms))
+  return Built(adapter, frozen, trainable, groups, names)
+
+
+def write_task_names(model_dir: str, names: Sequence[str]) -> None:
+  """`MODEL_DIR/tasks.json`: the task-id order (a mixture's sorted task names)."""
+  from prompt_jax.train import checkpointing
+  checkpointing.write_json(pathlib.Path(model_dir) / "tasks.json", {"task_names": list(names)})
 
 
 @gin.configurable
 def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           train_steps: int = gin.REQUIRED, initial_checkpoint_path: str = gin.REQUIRED,
-          batch_size: int = 32, mode: str = "prompt", num_partitions: int = 1,
-          checkpoint_period: int = 1000, eval_period: int = 1000,
+          prompt: nn.Module | None = gin.REQUIRED,
+          param_groups: opt_lib.ParamGroups | None = None,
+          loss_terms: Sequence[tuple[str, Any]] = (), batch_size: int = 32,
+          num_partitions: int = 1, checkpoint_period: int = 1000, eval_period: int = 1000,
           eval_split: str = "validation", eval_mode: str = "generation",
-          max_eval_examples: int | None = None, learning_rate: float | None = None,
-          best_metric: str | None = None, seed: int = 0, tfds_data_dir: str | None = None
-          ) -> trainer.TrainResult:
-  """Prompt tuning (mode="prompt") or model tuning (mode="model") of a pretrained T5."""
+          max_eval_examples: int | None = None, best_metric: str | None = None,
+          seed: int = 0, tfds_data_dir: str | None = None) -> trainer.TrainResult:
+  """Trains a prompt module (`PROMPT`, from a gin/methods/ file) on a frozen T5.
+
+  `prompt=None` with the default groups is model tuning (every weight trains). What a
+  method needs beyond its module (its parameter groups, loss terms) comes from its gin file
+  through `param_groups` / `loss_terms`.
+  """
   check_task(mixture_or_task_name, tfds_data_dir)
   write_config(model_dir)
-  if mode == "prompt":
-    model, frozen, trainable = build_prompted_model(
-        initial_checkpoint_path, prompt_config(), mixture_or_task_name, seed)
-    rules, opt_cfg = opt_lib.PROMPT_TUNING_RULES, opt_lib.OptimizerConfig()
-  elif mode == "model":
-    model, trainable = _load(initial_checkpoint_path, architecture())
-    frozen, rules, opt_cfg = {}, opt_lib.MODEL_TUNING_RULES, opt_lib.MODEL_TUNING_OPTIMIZER
-  else:
-    raise UserError(f"mode must be 'prompt' or 'model', got {mode!r}.")
-  if learning_rate is not None:
-    opt_cfg = dataclasses.replace(opt_cfg, learning_rate=learning_rate)
+  built = build_model(initial_checkpoint_path, prompt, mixture_or_task_name,
+                      groups=param_groups, loss_terms=loss_terms, seed=seed)
+  write_task_names(model_dir, built.task_names)
   evaluator = evaluation.Evaluator(
-      model, frozen, evaluation.task_names(mixture_or_task_name), split=eval_split,
+      built.adapter, built.frozen, built.task_names, split=eval_split,
       feature_lengths=task_feature_lengths, batch_size=batch_size,
       max_examples=max_eval_examples, mode=eval_mode, model_dir=model_dir)
   batches = inputs.batch_factory(mixture_or_task_name, split="train",
@@ -158,24 +187,37 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                                  batch_size=batch_size, seed=seed)
   cfg = trainer.TrainerConfig(model_dir=model_dir, train_steps=train_steps,
                               checkpoint_period=checkpoint_period, eval_period=eval_period,
-                              num_partitions=num_partitions, seed=seed, best_metric=best_metric)
-  return trainer.train(model, frozen, trainable, rules=rules, opt_config=opt_cfg,
+                              num_partitions=num_partitions, seed=seed, best_metric=best_metric,
+                              task_names=tuple(built.task_names))
+  return trainer.train(built.adapter, built.frozen, built.trainable, groups=built.groups,
                        batches=batches, cfg=cfg, evaluator=evaluator)
 
 
-def _prompted_from_file(checkpoint: str, prompt_file: str):
+def _prompted_from_file(checkpoint: str, prompt_file: str, placement: str,
+                        task_name: str):
+  """(adapter, frozen, trainable, task names) for `pretrained + exported prompt file`.
+
+  A [P, D] file is a plain `Prompt`; a [T, P, D] file (a per-task export) a `PromptBank`
+  whose row t serves task id t of the mixture.
+  """
   if not prompt_file:
     raise UserError("PROMPT_FILE is not set (--gin.PROMPT_FILE=path/to/prompt.npy).")
   if not pathlib.Path(prompt_file).exists():
     raise UserError(f"Prompt file {prompt_file} does not exist.")
-  base, frozen = _load(checkpoint, architecture())
   array = initializers.load_npy_prompt(prompt_file)
-  if array.ndim != 2 or array.shape[1] != base.config.d_model:
+  names = inputs.task_names(task_name)
+  base, frozen = _load(checkpoint, architecture())
+  d = base.config.d_model
+  if array.ndim == 2 and array.shape[1] == d:
+    prompt = Prompt(array.shape[0], placement=placement)
+  elif array.ndim == 3 and array.shape[2] == d and array.shape[0] == len(names):
+    prompt = PromptBank(array.shape[0], array.shape[1], placement=placement)
+  else:
     raise UserError(f"Prompt file {prompt_file} has shape {array.shape}; the model needs "
-                    f"[P, {base.config.d_model}].")
-  prompt = Prompt(array.shape[0], initializer=initializers.from_npy(prompt_file),
-                  placement=prompt_config()["placement"])
-  return T5Transformer(base.config, prompt=prompt), frozen, {"prompt": {"prompt": array}}
+                    f"[P, {d}] (or [{len(names)}, P, {d}] for a per-task prompt of "
+                    f"{task_name}).")
+  adapter = adapter_lib.ModelAdapter(T5Transformer(base.config, prompt=prompt))
+  return adapter, frozen, {"prompt": {"prompt": np.asarray(array, np.float32)}}, names
 
 
 @gin.configurable
@@ -183,16 +225,16 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str = gin.REQUIRED,
              split: str = "validation", mode: str = "generation", batch_size: int = 32,
-             max_examples: int | None = None, tfds_data_dir: str | None = None
-             ) -> dict[str, float]:
+             max_examples: int | None = None, placement: str = "prefix",
+             tfds_data_dir: str | None = None) -> dict[str, float]:
   """Evaluates `pretrained checkpoint + prompt file`; writes metrics.jsonl and inference."""
   check_task(mixture_or_task_name, tfds_data_dir)
   write_config(model_dir)
-  model, frozen, trainable = _prompted_from_file(initial_checkpoint_path, prompt_file)
-  ev = evaluation.Evaluator(model, frozen, evaluation.task_names(mixture_or_task_name),
-                            split=split, feature_lengths=task_feature_lengths,
-                            batch_size=batch_size, max_examples=max_examples, mode=mode,
-                            model_dir=model_dir)
+  model, frozen, trainable, names = _prompted_from_file(
+      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name)
+  ev = evaluation.Evaluator(model, frozen, names, split=split,
+                            feature_lengths=task_feature_lengths, batch_size=batch_size,
+                            max_examples=max_examples, mode=mode, model_dir=model_dir)
   metrics = ev(trainable, "eval")
   from prompt_jax.train.metrics_writer import MetricsWriter
   writer = MetricsWriter(model_dir)
@@ -207,16 +249,18 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str = gin.REQUIRED,
           split: str = "test", batch_size: int = 32, max_examples: int | None = None,
-          tfds_data_dir: str | None = None) -> list[pathlib.Path]:
+          placement: str = "prefix", tfds_data_dir: str | None = None) -> list[pathlib.Path]:
   """Greedy predictions of `pretrained checkpoint + prompt file` as inference JSONL."""
   check_task(mixture_or_task_name, tfds_data_dir)
   write_config(model_dir)
-  model, frozen, trainable = _prompted_from_file(initial_checkpoint_path, prompt_file)
+  model, frozen, trainable, names = _prompted_from_file(
+      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name)
   paths = []
-  for task in evaluation.task_names(mixture_or_task_name):
+  for task in names:
     ev = evaluation.Evaluator(model, frozen, [task], split=split,
                               feature_lengths=task_feature_lengths, batch_size=batch_size,
-                              max_examples=max_examples)
+                              max_examples=max_examples,
+                              task_ids={task: names.index(task)})
     preds = ev.predict(trainable, task)
     paths.append(evaluation.write_inference(model_dir, task, "infer", ev.examples[task], preds))
   return paths

@@ -1,4 +1,4 @@
-"""SeqIO tasks for the benchmarks, their metrics and the two evaluation modes.
+"""SeqIO tasks for the benchmarks and their metrics (evaluation: `prompt_jax.train.evaluation`).
 
 Importing this package registers every task and mixture below with SeqIO (re-importing or
 re-registering replaces them, so it is idempotent); `MIXTURE_OR_TASK_NAME` then selects
@@ -32,9 +32,6 @@ raises `DataNotPreparedError` at once, naming the dataset and the command
 """
 
 from prompt_jax.data import glue, superglue, suites, transfer, xlingual
-from prompt_jax.data.evaluation import (EvalResult, evaluate, load_examples,
-                                        rank_classification, rank_classify,
-                                        score_predictions)
 from prompt_jax.data.registry import (DataNotPreparedError, check_prepared,
                                       ensure_registered, format_task_list,
                                       get_dataset, get_mixture_or_task, list_tasks, prepare,
@@ -57,9 +54,8 @@ def register_all() -> None:
 register_all()
 
 __all__ = [
-    "DataNotPreparedError", "EvalResult", "check_prepared", "ensure_registered", "evaluate",
-    "format_task_list", "get_dataset", "get_mixture_or_task", "get_vocabulary",
-    "list_tasks", "load_examples", "prepare", "prepare_command", "rank_classification",
-    "rank_classify", "register_all", "score_predictions", "set_tfds_data_dir",
-    "set_vocabulary_path", "task_labels", "tfds_datasets_for",
+    "DataNotPreparedError", "check_prepared", "ensure_registered", "format_task_list",
+    "get_dataset", "get_mixture_or_task", "get_vocabulary", "list_tasks", "prepare",
+    "prepare_command", "register_all", "set_tfds_data_dir", "set_vocabulary_path",
+    "task_labels", "tfds_datasets_for",
 ]

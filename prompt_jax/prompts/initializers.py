@@ -11,12 +11,20 @@ Defaults follow Lester et al. (2021) and its reference implementation:
   class_labels(E, ids)      row i = mean embedding of label i's sub-tokens; the rest sampled vocab
   from_string(E, ids)       the embedded token ids of a string; the rest sampled vocab
   from_npy(path)            a saved [P, D] prompt (np.load with allow_pickle=False)
+
+The same initializers exist as small frozen dataclasses (`RandomUniform`, `ReferenceUniform`,
+`SampledVocab`, `ClassLabels`, `FromString`, `FromFile`), the objects gin binds
+(`prompts.Prompt.initializer = @initializers.ClassLabels()`). Those that need the pretrained
+embedding are specs: `spec.bind(Pretrained(embedding, vocabulary))` returns the initializer,
+and `bind_initializers(prompt_module, pretrained)` binds every spec a module holds once the
+checkpoint is loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,3 +148,125 @@ def from_npy(path: str | pathlib.Path) -> Initializer:
     return jnp.asarray(array, dtype)
 
   return init
+
+
+# ---------------------------------------------------------------------------------------
+# Initializers as configurable objects (what gin binds).
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """What initializers may draw on once the checkpoint is loaded.
+
+  Attributes:
+    embedding: the frozen model's token embedding table [V, D].
+    vocabulary: the task's vocabulary (a seqio.Vocabulary), for label / text initializers.
+  """
+  embedding: Any
+  vocabulary: Any = None
+
+  def encode(self, text: str, what: str) -> list[int]:
+    if self.vocabulary is None:
+      raise ValueError(f"{what} needs the task's vocabulary to tokenise {text!r}.")
+    ids = list(self.vocabulary.encode(text))
+    if not ids:
+      raise ValueError(f"{what}: {text!r} tokenises to no tokens.")
+    return ids
+
+
+class _NeedsPretrained:
+  """A spec that must be bound to the pretrained embedding before it initialises."""
+
+  def bind(self, pretrained: Pretrained) -> Initializer:
+    raise NotImplementedError
+
+  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    raise ValueError(f"{self!r} needs the pretrained embedding: build the model with "
+                     "`prompt_jax.runs.build_model`, or call "
+                     "`initializers.bind_initializers(module, Pretrained(embedding, vocab))`.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomUniform:
+  """U[minval, maxval) (the paper: U[-0.5, 0.5])."""
+  minval: float = -0.5
+  maxval: float = 0.5
+
+  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    return random_uniform(self.minval, self.maxval)(key, shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceUniform(RandomUniform):
+  """U[0, 0.5): the reference implementation's default random init."""
+  minval: float = 0.0
+  maxval: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledVocab(_NeedsPretrained):
+  """Rows sampled without replacement from the first `population` embedding rows."""
+  population: int = DEFAULT_POPULATION
+
+  def bind(self, pretrained: Pretrained) -> Initializer:
+    return sampled_vocab(pretrained.embedding, self.population)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassLabels(_NeedsPretrained):
+  """Row i = mean embedding of label i's sub-tokens; the rest sampled vocab."""
+  labels: tuple[str, ...] = ()
+  population: int = DEFAULT_POPULATION
+
+  def bind(self, pretrained: Pretrained) -> Initializer:
+    if not self.labels or isinstance(self.labels, str):
+      raise ValueError("ClassLabels needs a list of label strings, e.g. "
+                       "CLASS_LABELS=['entailment', 'not_entailment'].")
+    ids = [pretrained.encode(label, "ClassLabels") for label in self.labels]
+    return class_labels(pretrained.embedding, ids,
+                        sampled_vocab(pretrained.embedding, self.population))
+
+
+@dataclasses.dataclass(frozen=True)
+class FromString(_NeedsPretrained):
+  """The first rows are the embedded tokens of `text`; the rest sampled vocab."""
+  text: str = ""
+  population: int = DEFAULT_POPULATION
+
+  def bind(self, pretrained: Pretrained) -> Initializer:
+    ids = pretrained.encode(self.text, "FromString")
+    return from_string(pretrained.embedding, ids,
+                       sampled_vocab(pretrained.embedding, self.population))
+
+
+@dataclasses.dataclass(frozen=True)
+class FromFile:
+  """A saved prompt (`.npy`, [P, D]), read when the prompt is initialised."""
+  path: str = ""
+
+  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    if not self.path:
+      raise ValueError("FromFile needs a path (PROMPT_FILE=...).")
+    return from_npy(self.path)(key, shape, dtype)
+
+
+def bind_initializers(module: Any, pretrained: Pretrained) -> Any:
+  """A clone of a (prompt) module with every initializer spec bound to `pretrained`.
+
+  Looks at the module's dataclass fields: a spec (anything with `bind`) is replaced by
+  `spec.bind(pretrained)`; a nested module is bound recursively. Plain initializers stay.
+  """
+  if module is None or not dataclasses.is_dataclass(module):
+    return module
+  updates = {}
+  for field in dataclasses.fields(module):
+    if field.name in ("parent", "name"):
+      continue
+    value = getattr(module, field.name, None)
+    if isinstance(value, _NeedsPretrained):
+      updates[field.name] = value.bind(pretrained)
+    elif hasattr(value, "clone") and dataclasses.is_dataclass(value):
+      bound = bind_initializers(value, pretrained)
+      if bound is not value:
+        updates[field.name] = bound
+  return module.clone(**updates) if updates else module

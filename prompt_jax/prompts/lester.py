@@ -35,12 +35,19 @@ class Prompt(nn.Module):
   placement: str = "prefix"
   eos_id: int = 1
 
+  PEFT_EXPORTABLE = True  # The encoder sees only the [P, D] table: a PEFT adapter can hold it.
+
+  @nn.compact
   def prompt(self, d_model: int) -> Array:
-    """The prompt [P, D] (subclasses may compute it from other parameters)."""
+    """The effective prompt [P, D] the encoder sees.
+
+    Subclasses override this (decorated `@nn.compact`, where their parameters are declared)
+    to compute it from other parameters, e.g. a reparameterisation; export and evaluation
+    call it, so whatever it returns is what a trained run ships.
+    """
     return self.param("prompt", nn.with_logical_partitioning(self.initializer, PROMPT_AXES),
                       (self.length, d_model))
 
-  @nn.compact
   def __call__(self, embedded: Array, tokens: Array, mask: Array, *,
                task_ids: Array | None = None, deterministic: bool = True
                ) -> tuple[Array, Array]:
@@ -63,25 +70,31 @@ class PromptBank(nn.Module):
   """A bank of prompts [T, P, D]; each example takes the prompt of its `task_ids` entry.
 
   One batch can then mix tasks (serving many tasks on one frozen model, IPT's multi-task
-  stage).
+  stage). `num_tasks=0` means "the mixture's task count": the run builder fills it in.
   """
-  num_tasks: int
-  length: int
+  num_tasks: int = 0
+  length: int = 100
   initializer: initializers.Initializer = initializers.random_uniform()
   placement: str = "prefix"
   eos_id: int = 1
 
+  PEFT_EXPORTABLE = True  # Each task's row is a plain [P, D] prompt.
+
   @nn.compact
+  def prompt(self, d_model: int) -> Array:
+    """The effective prompts of every task [T, P, D] (row t serves task id t)."""
+    return self.param(
+        "prompt", nn.with_logical_partitioning(bank_init(self.initializer),
+                                               ("prompt_tasks", *PROMPT_AXES)),
+        (self.num_tasks, self.length, d_model))
+
   def __call__(self, embedded: Array, tokens: Array, mask: Array, *,
                task_ids: Array | None = None, deterministic: bool = True
                ) -> tuple[Array, Array]:
     del deterministic
     if task_ids is None:
       raise ValueError("PromptBank needs `task_ids` [B] (a task_ids feature in the batch).")
-    table = self.param(
-        "prompt", nn.with_logical_partitioning(bank_init(self.initializer),
-                                               ("prompt_tasks", *PROMPT_AXES)),
-        (self.num_tasks, self.length, embedded.shape[-1]))  # [T, P, D]
+    table = self.prompt(embedded.shape[-1])  # [T, P, D]
     p = jnp.take(table, task_ids, axis=0)  # [B, P, D]
     return combine_lib.combine(self.placement, p, embedded, tokens, mask, self.eos_id)
 

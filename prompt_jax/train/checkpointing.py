@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import flax.serialization
 import jax
@@ -77,14 +77,44 @@ def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
   os.replace(tmp, path)
 
 
-def export_prompt_npy(prompt: np.ndarray, model_dir: str | os.PathLike, step: int) -> pathlib.Path:
+def export_prompt_npy(prompt: np.ndarray, model_dir: str | os.PathLike, step: int | str, *,
+                      subdir: str = "prompts") -> pathlib.Path:
   """Writes `<model_dir>/prompts/prompt_<step>.npy` ([P, D] float32, the reference format)."""
   import io
   buf = io.BytesIO()
   np.save(buf, np.asarray(prompt, np.float32), allow_pickle=False)
-  path = pathlib.Path(model_dir) / "prompts" / f"prompt_{step}.npy"
+  path = pathlib.Path(model_dir) / subdir / f"prompt_{step}.npy"
   atomic_write_bytes(path, buf.getvalue())
   return path
+
+
+def export_run_prompts(model: Any, prompt_params: Any, model_dir: str | os.PathLike,
+                       step: int | str, *, task_names: Sequence[str] = ()) -> list[pathlib.Path]:
+  """Exports the effective prompt of a run for `step` (an int, or "best").
+
+  Writes `prompts/prompt_<step>.npy` ([P, D], or [T, P, D] for a per-task module), one
+  `prompts/<task>/prompt_<step>.npy` per task of a per-task prompt (names in task-id order),
+  and `prompts/peft_<step>/` when PEFT can represent the prompt. A model without an
+  effective prompt (model tuning) exports nothing.
+  """
+  from prompt_jax.prompts import effective  # Local: keeps the checkpoint module light.
+  from prompt_jax.prompts import export
+  prompt = effective.effective_prompt(model, prompt_params) if prompt_params else None
+  if prompt is None:
+    return []
+  paths = [export_prompt_npy(prompt, model_dir, step)]
+  if prompt.ndim == 3:
+    if len(task_names) != prompt.shape[0]:
+      logging.warning("A per-task prompt of %d tasks but %d task names; per-task files "
+                      "are not written.", prompt.shape[0], len(task_names))
+    else:
+      for name, row in zip(task_names, prompt):
+        paths.append(export_prompt_npy(row, pathlib.Path(model_dir) / "prompts" / name, step,
+                                       subdir=""))
+  if effective.peft_unsupported_reason(model, prompt) is None:
+    export.export_peft_adapter(prompt, pathlib.Path(model_dir) / "prompts" / f"peft_{step}",
+                               config=model.config)
+  return paths
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:

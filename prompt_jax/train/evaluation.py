@@ -1,13 +1,25 @@
-"""Evaluation of a (prompted) model on SeqIO tasks: decode or rank-classify, then score.
+"""Evaluation of a (prompted) model on SeqIO tasks: the one evaluator.
 
-Generation mode decodes greedily with the KV cache, postprocesses predictions and targets
-with the task's postprocessor and applies its metric functions. Rank classification scores
-every label string with the model's log-likelihood (`prompt_jax.data.evaluation`).
-Predictions are written to `<model_dir>/inference/<task>-<step>.jsonl`.
+Two modes:
+
+* generation: the adapter decodes greedily (KV cache); the task's postprocessor turns
+  predictions and targets into comparable values and its metric functions score them.
+* rank_classification: for a classification task that declares its label strings
+  (`prompt_jax.data.registry.task_labels`), every label is scored as the target of every
+  example with the model's log-likelihood (`adapter.score`); the best label is the
+  prediction, which goes through the same postprocess + metrics path.
+
+The pure pieces (`score_predictions`, `rank_classify`, `rank_classification`, `evaluate`)
+take predicted strings or a `score_fn(inputs [B, L], targets [B, T]) -> [B]`, so they are
+tested without a model. `Evaluator` binds them to a `ModelAdapter` and frozen parameters:
+called with the trainable subtree it returns `{"<task>/<metric>": value}` for every task of
+a mixture (each task's examples carry its task id) and writes
+`<model_dir>/inference/<task>-<step>.jsonl`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -18,115 +30,266 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from prompt_jax.models import decoding
-from prompt_jax.models.t5 import T5Transformer
+from prompt_jax.train import adapter as adapter_lib
 from prompt_jax.train import checkpointing
+from prompt_jax.train import optimizer as opt_lib
 
 Example = Mapping[str, Any]
+ScoreFn = Callable[[np.ndarray, np.ndarray], Any]
+MODES = ("generation", "rank_classification")
 
 
-def task_names(mixture_or_task_name: str) -> list[str]:
-  """The tasks of a mixture (or the task itself)."""
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  if isinstance(provider, seqio.Mixture):
-    return [t.name for t in provider.tasks]
-  return [provider.name]
+@dataclasses.dataclass
+class EvalResult:
+  """Metrics plus what produced them.
 
-
-def load_examples(task_name: str, split: str, feature_lengths: Mapping[str, int],
-                  max_examples: int | None = None) -> list[dict[str, Any]]:
-  """Preprocessed examples of a task split, in order (tokens + `*_pretokenized` text)."""
-  task = seqio.get_mixture_or_task(task_name)
-  ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1,
-                        use_cached=False)
-  if max_examples is not None:
-    ds = ds.take(max_examples)
-  return list(ds.as_numpy_iterator())
-
-
-def _pad(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
-  out = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    r = np.asarray(r)[:length]
-    out[i, :len(r)] = r
-  return out
+  Attributes:
+    metrics: metric name -> value.
+    predictions: raw predicted strings, one per example.
+    targets: postprocessed targets, one per example.
+    scores: [N, C] log-likelihood of each label (rank classification only).
+  """
+  metrics: dict[str, float]
+  predictions: list[str]
+  targets: list[Any]
+  scores: np.ndarray | None = None
 
 
 def _text(x: Any) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-class Evaluator:
-  """Evaluates parameters of one model on fixed examples of several tasks.
+def get_task(task_name: str) -> seqio.Task:
+  """The SeqIO task (registering a vocabulary variant of a benchmark task on demand)."""
+  from prompt_jax.data import registry  # Local: registering the benchmarks is not free.
+  try:
+    provider = registry.get_mixture_or_task(task_name)
+  except KeyError:
+    provider = seqio.get_mixture_or_task(task_name)  # A task prompt_jax's registry lacks.
+  if not isinstance(provider, seqio.Task):
+    raise ValueError(f"Evaluate the tasks of mixture {task_name!r} one by one.")
+  return provider
 
-  Built once (examples loaded, decoding jitted); called with the trainable subtree.
+
+def task_labels(task_name: str) -> tuple[str, ...] | None:
+  """The label strings of a classification task; None when it declares none."""
+  from prompt_jax.data import registry
+  try:
+    return registry.task_labels(task_name)
+  except KeyError:
+    return None
+
+
+def load_examples(task_name: str, split: str = "validation", *,
+                  feature_lengths: Mapping[str, int] | None = None,
+                  max_examples: int | None = None,
+                  data_dir: str | None = None) -> list[dict[str, Any]]:
+  """A task split's preprocessed examples (tokens and `*_pretokenized` text), in order.
+
+  Inputs are truncated to `feature_lengths` as in training (None: no truncation).
+  """
+  from prompt_jax.data import registry
+  if data_dir is not None:
+    registry.set_tfds_data_dir(data_dir)
+  task = get_task(task_name)
+  try:
+    registry.check_prepared(task.name, data_dir)
+  except KeyError:
+    pass  # Not a registry task (no TFDS data to check).
+  ds = task.get_dataset(dict(feature_lengths) if feature_lengths else None, split=split,
+                        shuffle=False, num_epochs=1, use_cached=False)
+  if max_examples is not None:
+    ds = ds.take(max_examples)
+  return list(ds.as_numpy_iterator())
+
+
+def _target_text(example: Example, vocabulary: seqio.Vocabulary) -> str:
+  if "targets_pretokenized" in example:
+    return _text(example["targets_pretokenized"])
+  return vocabulary.decode([int(t) for t in example["targets"]])
+
+
+def score_predictions(task_name: str, examples: Sequence[Example],
+                      predictions: Sequence[str | bytes]) -> EvalResult:
+  """Generation mode: postprocess predicted strings and targets, then run the metrics."""
+  if len(examples) != len(predictions):
+    raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions.")
+  task = get_task(task_name)
+  vocabulary = task.output_features["targets"].vocabulary
+  predictions = [_text(p) for p in predictions]
+  targets = [task.postprocess_fn(_target_text(ex, vocabulary), example=ex, is_target=True)
+             for ex in examples]
+  values = [task.postprocess_fn(p, example=ex, is_target=False)
+            for p, ex in zip(predictions, examples)]
+  metrics: dict[str, float] = {}
+  for fn in task.metric_fns:
+    metrics.update({k: float(getattr(v, "value", v)) for k, v in fn(targets, values).items()})
+  return EvalResult(metrics, predictions, targets)
+
+
+def _pad(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+  out = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    row = np.asarray(row)
+    if len(row) > length:
+      raise ValueError(f"Sequence of length {len(row)} exceeds the padded length {length}.")
+    out[i, :len(row)] = row
+  return out
+
+
+def rank_classify(inputs: Sequence[Sequence[int]], labels: Sequence[str], score_fn: ScoreFn,
+                  vocabulary: seqio.Vocabulary, *, batch_size: int = 32,
+                  input_length: int | None = None) -> tuple[list[str], np.ndarray]:
+  """Scores every label for every input; returns argmax labels and the [N, C] scores.
+
+  Args:
+    inputs: token ids per example (EOS included, no padding).
+    labels: the C label strings; each is tokenised and EOS appended.
+    score_fn: `(inputs [B, L], targets [B, T]) -> [B]` log-likelihoods.
+    vocabulary: the task's vocabulary.
+    batch_size: (example, label) pairs per score_fn call; every call has this exact
+      shape (the last batch is filled with repeats), so a jitted score_fn compiles once.
+    input_length: pad inputs to this length (default: the longest input).
+
+  Returns:
+    Predicted label per example (ties go to the earlier label) and the scores.
+  """
+  if not labels:
+    raise ValueError("rank_classify needs at least one label.")
+  label_ids = [list(vocabulary.encode(label)) + [vocabulary.eos_id] for label in labels]
+  input_length = input_length or max(len(x) for x in inputs)
+  target_length = max(len(t) for t in label_ids)
+  pairs = [(i, c) for i in range(len(inputs)) for c in range(len(labels))]
+  scores = np.full((len(inputs), len(labels)), np.nan, np.float64)
+  for start in range(0, len(pairs), batch_size):
+    chunk = pairs[start:start + batch_size]
+    filled = chunk + [chunk[0]] * (batch_size - len(chunk))
+    x = _pad([inputs[i] for i, _ in filled], input_length)  # [B, L]
+    y = _pad([label_ids[c] for _, c in filled], target_length)  # [B, T]
+    ll = np.asarray(score_fn(x, y), np.float64)
+    if ll.shape != (batch_size,):
+      raise ValueError(f"score_fn returned shape {ll.shape}, expected ({batch_size},).")
+    for (i, c), value in zip(chunk, ll):
+      scores[i, c] = value
+  return [labels[j] for j in np.argmax(scores, axis=1)], scores
+
+
+def rank_classification(task_name: str, examples: Sequence[Example], score_fn: ScoreFn, *,
+                        batch_size: int = 32, input_length: int | None = None) -> EvalResult:
+  """Rank-classification mode: best label by log-likelihood, then postprocess + metrics."""
+  labels = task_labels(task_name)
+  if not labels:
+    raise ValueError(f"Task {task_name!r} declares no label strings; evaluate it in "
+                     "generation mode.")
+  vocabulary = get_task(task_name).output_features["targets"].vocabulary
+  inputs = [np.asarray(ex["inputs"]).tolist() for ex in examples]
+  predictions, scores = rank_classify(inputs, labels, score_fn, vocabulary,
+                                      batch_size=batch_size, input_length=input_length)
+  result = score_predictions(task_name, examples, predictions)
+  result.scores = scores
+  return result
+
+
+def evaluate(task_name: str, examples: Sequence[Example], *, mode: str,
+             predictions: Sequence[str] | None = None, score_fn: ScoreFn | None = None,
+             batch_size: int = 32) -> EvalResult:
+  """Dispatches to generation (`predictions` given) or rank classification (`score_fn`)."""
+  check_mode(mode)
+  if mode == "generation":
+    if predictions is None:
+      raise ValueError("generation mode needs the predicted strings.")
+    return score_predictions(task_name, examples, predictions)
+  if score_fn is None:
+    raise ValueError("rank_classification mode needs a score_fn.")
+  return rank_classification(task_name, examples, score_fn, batch_size=batch_size)
+
+
+def check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"Unknown evaluation mode {mode!r}; use one of {MODES}.")
+
+
+def decode_targets(tokens: np.ndarray, vocabulary: seqio.Vocabulary) -> list[str]:
+  """Decoded rows [N, T] (up to the first EOS) -> strings."""
+  out = []
+  for row in np.asarray(tokens).tolist():
+    eos = vocabulary.eos_id
+    out.append(vocabulary.decode(row[:row.index(eos)] if eos in row else row))
+  return out
+
+
+class Evaluator:
+  """Evaluates the trainable subtree of one model on fixed examples of several tasks.
+
+  Built once (examples loaded, decoding and scoring jitted); called with the trainable
+  subtree (any split of the parameters between it and `frozen` works: they are merged
+  leaf by leaf). `task_ids` maps each task to the id its examples carry (default: its
+  index in `tasks`), for per-task prompt modules.
   """
 
-  def __init__(self, model: T5Transformer, frozen: Any, tasks: Sequence[str], *, split: str,
+  def __init__(self, model: Any, frozen: Any, tasks: Sequence[str], *, split: str,
                feature_lengths: Mapping[str, int], batch_size: int = 32,
                max_examples: int | None = None, mode: str = "generation",
-               model_dir: str | None = None):
-    self.model, self.frozen, self.mode, self.model_dir = model, frozen, mode, model_dir
+               model_dir: str | None = None, task_ids: Mapping[str, int] | None = None,
+               examples: Mapping[str, Sequence[Example]] | None = None):
+    check_mode(mode)
+    self.adapter = adapter_lib.as_adapter(model)
+    self.frozen, self.mode, self.model_dir = frozen, mode, model_dir
     self.batch_size = batch_size
     self.lengths = dict(feature_lengths)
-    self.examples = {t: load_examples(t, split, self.lengths, max_examples) for t in tasks}
-    self._decode = jax.jit(functools.partial(
-        decoding.greedy_decode, model, max_decode_length=self.lengths["targets"]))
-    self._score = jax.jit(functools.partial(decoding.score_sequences, model))
+    self.task_ids = dict(task_ids) if task_ids is not None else {t: i for i, t in
+                                                                 enumerate(tasks)}
+    self.examples = ({t: list(examples[t]) for t in tasks} if examples is not None else
+                     {t: load_examples(t, split, feature_lengths=self.lengths,
+                                       max_examples=max_examples) for t in tasks})
+    self._decode = jax.jit(functools.partial(self.adapter.predict,
+                                             max_decode_length=self.lengths["targets"]))
+    self._score = jax.jit(self.adapter.score)
 
-  def _params(self, trainable: Any) -> Any:
-    return {**self.frozen, **trainable}
+  def params(self, trainable: Any) -> Any:
+    return opt_lib.merge_params(self.frozen, trainable)
+
+  def _ids(self, task: str, n: int) -> jax.Array:
+    return jnp.full((n,), self.task_ids[task], jnp.int32)
 
   def predict(self, trainable: Any, task: str) -> list[str]:
     """Greedy predictions (decoded strings) for the task's examples, in order."""
-    params = self._params(trainable)
-    vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+    params = self.params(trainable)
+    vocab = get_task(task).output_features["targets"].vocabulary
     out: list[str] = []
     exs = self.examples[task]
     for i in range(0, len(exs), self.batch_size):
       chunk = [e["inputs"] for e in exs[i:i + self.batch_size]]
       n = len(chunk)
       chunk += [chunk[-1]] * (self.batch_size - n)  # One compiled shape.
-      tokens = np.asarray(self._decode(params, jnp.asarray(_pad(chunk, self.lengths["inputs"]))))
-      for row in tokens[:n]:
-        row = [int(t) for t in row]
-        out.append(vocab.decode(row[:row.index(1)] if 1 in row else row))
+      tokens = self._decode(params, jnp.asarray(_pad(chunk, self.lengths["inputs"])),
+                            task_ids=self._ids(task, self.batch_size))
+      out.extend(decode_targets(np.asarray(tokens)[:n], vocab))
     return out
 
-  def score_fn(self, trainable: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    params = self._params(trainable)
-    return lambda inputs, targets: np.asarray(self._score(params, jnp.asarray(inputs),
-                                                         jnp.asarray(targets)))
+  def score_fn(self, trainable: Any, task: str) -> ScoreFn:
+    """`(inputs, targets) -> [B]` log-likelihoods under this task's prompt."""
+    params = self.params(trainable)
+    return lambda inputs, targets: np.asarray(self._score(
+        params, jnp.asarray(inputs), jnp.asarray(targets),
+        task_ids=self._ids(task, len(inputs))))
 
-  def __call__(self, trainable: Any, step: int) -> dict[str, float]:
+  def evaluate_task(self, trainable: Any, task: str) -> EvalResult:
+    exs = self.examples[task]
+    if self.mode == "rank_classification":
+      return rank_classification(task, exs, self.score_fn(trainable, task),
+                                 batch_size=self.batch_size,
+                                 input_length=self.lengths["inputs"])
+    return score_predictions(task, exs, self.predict(trainable, task))
+
+  def __call__(self, trainable: Any, step: int | str) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for task, exs in self.examples.items():
-      if self.mode == "rank_classification":
-        from prompt_jax.data import evaluation as data_eval  # Label strings live there.
-        result = data_eval.rank_classification(task, exs, self.score_fn(trainable),
-                                               batch_size=self.batch_size)
-        preds, scored = result.predictions, result.metrics
-      else:
-        preds = self.predict(trainable, task)
-        scored = score_predictions(task, exs, preds)
-      metrics.update({f"{task}/{k}": float(v) for k, v in scored.items()})
+    for task in self.examples:
+      result = self.evaluate_task(trainable, task)
+      metrics.update({f"{task}/{k}": float(v) for k, v in result.metrics.items()})
       if self.model_dir is not None:
-        write_inference(self.model_dir, task, step, exs, preds)
+        write_inference(self.model_dir, task, step, self.examples[task], result.predictions)
     return metrics
-
-
-def score_predictions(task_name: str, examples: Sequence[Example],
-                      predictions: Sequence[str]) -> dict[str, float]:
-  """Postprocesses predictions and targets with the task's postprocessor; applies metrics."""
-  task = seqio.get_mixture_or_task(task_name)
-  targets = [task.postprocess_fn(_text(e["targets_pretokenized"]), example=e, is_target=True)
-             for e in examples]
-  preds = [task.postprocess_fn(p, example=e, is_target=False)
-           for p, e in zip(predictions, examples)]
-  out: dict[str, float] = {}
-  for fn in task.metric_fns:
-    out.update({k: float(getattr(v, "value", v)) for k, v in fn(targets, preds).items()})
-  return out
 
 
 def write_inference(model_dir: str, task: str, step: int | str, examples: Sequence[Example],

@@ -1,11 +1,18 @@
-"""Which parameters train, and the optimizer that trains them.
+"""Which parameters train, in which group, and the optimizer that trains each group.
 
-Freezing is explicit, total and checked: `label_params` classifies every parameter path with
-an ordered list of regexes and raises on a leaf no rule covers. The train step then
-differentiates only the trainable subtree (`split_params`), and the optimizer is an
-`optax.multi_transform` whose frozen label is `optax.set_to_zero()`: a second guarantee that
-holds even if a full tree is handed to it. (`optax.masked` would pass unmasked updates
-through unchanged, so it is not a freezing tool.)
+Freezing is explicit, total and checked: `label_params` assigns every parameter path a group
+with an ordered list of `(regex, group)` rules and raises on a leaf no rule covers. The group
+`"frozen"` is special: its leaves get no gradient and no optimizer state (the train step
+differentiates only the other groups' subtree, `split_params`). Every other group has its own
+`OptimizerConfig` (learning rate, Adafactor settings). The optimizer is an
+`optax.multi_transform` over the group labels, whose frozen label is `optax.set_to_zero()`: a
+second guarantee that holds even if a full tree is handed to it. (`optax.masked` would pass
+unmasked updates through unchanged, so it is not a freezing tool.)
+
+    groups = ParamGroups(
+        rules=((r"^prompt/scale$", "scale"), (r"^prompt/", "prompt"), (r".*", "frozen")),
+        optimizers={"prompt": OptimizerConfig(learning_rate=0.3),
+                    "scale": OptimizerConfig(learning_rate=0.003)})
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-TRAINABLE, FROZEN = "trainable", "frozen"
+TRAINABLE, FROZEN = "trainable", "frozen"  # The default trainable group; the frozen label.
 Rules = Sequence[tuple[str, str]]
 
 # Prompt tuning: only the prompt (and any prompt-side parameters) trains.
@@ -36,15 +43,27 @@ def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.flatten_dict(dict(tree), sep="/")
 
 
+def check_rules(rules: Rules) -> None:
+  """Each rule is a (regex, group name) pair with a compilable regex."""
+  for rule in rules:
+    if len(rule) != 2 or not all(isinstance(x, str) for x in rule) or not rule[1]:
+      raise ValueError(f"Parameter rule {rule!r} must be a (regex, group name) pair of strings.")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise ValueError(f"Parameter rule {rule!r}: bad regex ({e}).") from None
+
+
 def label_params(params: Mapping[str, Any], rules: Rules) -> dict:
-  """Labels each leaf TRAINABLE or FROZEN by the first matching regex over its path.
+  """Labels each leaf with the group of the first rule whose regex matches its path.
+
+  Paths are '/'-joined (`prompt/prompt`, `encoder/layers_0/mlp/wo/kernel`); matching is
+  `re.search`. The label FROZEN freezes; any other label names a trainable group.
 
   Raises:
     ValueError: naming every parameter no rule covers.
   """
-  for _, label in rules:
-    if label not in (TRAINABLE, FROZEN):
-      raise ValueError(f"Rule label {label!r} must be {TRAINABLE!r} or {FROZEN!r}.")
+  check_rules(rules)
   labels, missing = {}, []
   for path in _flat(params):
     label = next((lab for pattern, lab in rules if re.search(pattern, path)), None)
@@ -52,27 +71,41 @@ def label_params(params: Mapping[str, Any], rules: Rules) -> dict:
       missing.append(path)
     labels[path] = label
   if missing:
-    raise ValueError(f"No trainable/frozen rule covers {len(missing)} parameter(s): "
-                     f"{missing[:10]}; add a rule (regex, 'trainable'|'frozen') for them.")
+    raise ValueError(f"No parameter rule covers {len(missing)} parameter(s): "
+                     f"{missing[:10]}; add a rule (regex, group) for them (group "
+                     f"{FROZEN!r} freezes).")
   return traverse_util.unflatten_dict(labels, sep="/")
 
 
 def split_params(params: Mapping[str, Any], labels: Mapping[str, Any]) -> tuple[dict, dict]:
-  """Splits a tree into (trainable, frozen) subtrees by its labels."""
+  """Splits a tree into (trainable, frozen) subtrees by its labels (any non-frozen group trains)."""
   flat, flat_labels = _flat(params), _flat(labels)
-  parts = {TRAINABLE: {}, FROZEN: {}}
+  parts: dict[bool, dict] = {True: {}, False: {}}
   for path, value in flat.items():
-    parts[flat_labels[path]][path] = value
-  return tuple(traverse_util.unflatten_dict(parts[k], sep="/") for k in (TRAINABLE, FROZEN))
+    parts[flat_labels[path] != FROZEN][path] = value
+  return tuple(traverse_util.unflatten_dict(parts[k], sep="/") for k in (True, False))
 
 
-def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict:
-  """Inverse of `split_params`; a path present in both is an error."""
-  a, b = _flat(trainable), _flat(frozen)
-  both = set(a) & set(b)
-  if both:
-    raise ValueError(f"Parameters both trainable and frozen: {sorted(both)[:10]}.")
-  return traverse_util.unflatten_dict({**b, **a}, sep="/")
+def merge_params(*trees: Mapping[str, Any]) -> dict:
+  """Deep, checked union of parameter trees (the inverse of `split_params`).
+
+  Trees are merged leaf by leaf, so `prompt/` may be split between a trainable and a frozen
+  tree. A leaf path present in two trees is an error, as is a path that is a leaf in one
+  tree and a subtree in another.
+  """
+  flat: dict[str, Any] = {}
+  for tree in trees:
+    for path, value in _flat(tree).items():
+      if path in flat:
+        raise ValueError(f"Parameter {path!r} is in two of the merged trees (both trainable "
+                         "and frozen?).")
+      flat[path] = value
+  paths = sorted(flat)
+  for a, b in zip(paths, paths[1:]):
+    if b.startswith(a + "/"):
+      raise ValueError(f"Parameter {a!r} is a leaf in one tree and has children ({b!r}) in "
+                       "another.")
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def count_params(tree: Any) -> int:
@@ -104,9 +137,9 @@ MODEL_TUNING_OPTIMIZER = OptimizerConfig(learning_rate=1e-3, multiply_by_paramet
                                          weight_decay_rate=0.0, factored=True)
 
 
-def make_optimizer(config: OptimizerConfig, rules: Rules) -> optax.GradientTransformation:
-  """Adafactor for trainable labels, `set_to_zero` for frozen ones (labels from `rules`)."""
-  adafactor = optax.adafactor(
+def adafactor(config: OptimizerConfig) -> optax.GradientTransformation:
+  """The optax Adafactor of one group."""
+  return optax.adafactor(
       learning_rate=config.learning_rate,
       min_dim_size_to_factor=config.min_dim_size_to_factor,
       decay_rate=config.decay_rate,
@@ -115,5 +148,74 @@ def make_optimizer(config: OptimizerConfig, rules: Rules) -> optax.GradientTrans
       weight_decay_rate=config.weight_decay_rate or None,
       factored=config.factored,
   )
-  return optax.multi_transform({TRAINABLE: adafactor, FROZEN: optax.set_to_zero()},
-                               lambda tree: label_params(tree, rules))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamGroups:
+  """Ordered `(regex, group)` rules and each trainable group's optimizer settings.
+
+  Attributes:
+    rules: the first rule whose regex matches a parameter's path assigns its group; group
+      FROZEN ("frozen") freezes it. Every leaf must be covered.
+    optimizers: group name -> OptimizerConfig, for every non-frozen group the rules name.
+  """
+  rules: Rules
+  optimizers: Mapping[str, OptimizerConfig]
+
+  def __post_init__(self):
+    check_rules(self.rules)
+    named = {g for _, g in self.rules if g != FROZEN}
+    if FROZEN in self.optimizers:
+      raise ValueError(f"Group {FROZEN!r} freezes; it takes no optimizer settings.")
+    missing = sorted(named - set(self.optimizers))
+    if missing:
+      raise ValueError(f"Parameter group(s) {missing} have rules but no optimizer settings; "
+                       f"give each an OptimizerConfig (groups with settings: "
+                       f"{sorted(self.optimizers)}).")
+    unused = sorted(set(self.optimizers) - named)
+    if unused:
+      raise ValueError(f"Optimizer settings for group(s) {unused} that no rule names "
+                       f"(rules name {sorted(named)}).")
+    for name, cfg in self.optimizers.items():
+      if not isinstance(cfg, OptimizerConfig):
+        raise ValueError(f"Group {name!r}: optimizer settings must be an OptimizerConfig, "
+                         f"got {type(cfg).__name__}.")
+
+  def labels(self, params: Mapping[str, Any]) -> dict:
+    return label_params(params, self.rules)
+
+  def group_counts(self, params: Mapping[str, Any]) -> dict[str, int]:
+    """Number of parameters (scalars) per group, frozen included."""
+    flat, flat_labels = _flat(params), _flat(self.labels(params))
+    counts = {g: 0 for _, g in self.rules}
+    for path, value in flat.items():
+      counts[flat_labels[path]] += int(np.prod(np.shape(value)))
+    return counts
+
+
+def as_param_groups(rules: Rules, opt_config: OptimizerConfig | Mapping[str, OptimizerConfig]
+                    ) -> ParamGroups:
+  """Groups from rules and either one config for every trainable group or one per group."""
+  if isinstance(opt_config, OptimizerConfig):
+    opt_config = {g: opt_config for _, g in rules if g != FROZEN}
+  return ParamGroups(tuple(tuple(r) for r in rules), dict(opt_config))
+
+
+PROMPT_TUNING = ParamGroups(PROMPT_TUNING_RULES, {TRAINABLE: OptimizerConfig()})
+MODEL_TUNING = ParamGroups(MODEL_TUNING_RULES, {TRAINABLE: MODEL_TUNING_OPTIMIZER})
+
+
+def make_optimizer(groups: ParamGroups | OptimizerConfig,
+                   rules: Rules | None = None) -> optax.GradientTransformation:
+  """Each group's Adafactor, `set_to_zero` for frozen leaves (labels from the rules).
+
+  `make_optimizer(ParamGroups(...))`, or `make_optimizer(OptimizerConfig(...), rules)` for
+  one setting shared by every trainable group.
+  """
+  if not isinstance(groups, ParamGroups):
+    if rules is None:
+      raise ValueError("make_optimizer(OptimizerConfig, rules) needs the rules.")
+    groups = as_param_groups(rules, groups)
+  transforms = {name: adafactor(cfg) for name, cfg in groups.optimizers.items()}
+  transforms[FROZEN] = optax.set_to_zero()
+  return optax.multi_transform(transforms, groups.labels)

@@ -1,9 +1,10 @@
 """The pure train and eval steps.
 
-`train_step(state, frozen, batch, *, model, optimizer, z_loss)` differentiates only
-`state.params` (the trainable subtree); `frozen` enters as a constant argument, so no weight
-gradients and no optimizer state exist for the frozen model. `make_train_step` jits it once
-with explicit shardings and donation of the state.
+`train_step(state, frozen, batch, *, adapter, optimizer)` differentiates only `state.params`
+(the trainable subtree); `frozen` enters as a constant argument, so no weight gradients and
+no optimizer state exist for the frozen model. The objective is `adapter.loss` (cross-entropy,
+z-loss and any method's extra terms). `make_train_step` jits it once with explicit shardings
+and donation of the state.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from prompt_jax.train import losses
+from prompt_jax.train import adapter as adapter_lib
 from prompt_jax.train import optimizer as opt_lib
 from prompt_jax.train import partitioning
 
 Array = jax.Array
 Batch = dict[str, Array]
 BATCH_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-              "decoder_loss_weights")
+              "decoder_loss_weights", "task_ids")
 
 
 @flax.struct.dataclass
@@ -43,41 +44,30 @@ def init_train_state(trainable: Any, optimizer: optax.GradientTransformation,
                     opt_state=optimizer.init(trainable), rng=rng)
 
 
-def _forward(model: nn.Module, params: Any, batch: Batch, *, enable_dropout: bool,
-             dropout_rng: Array | None) -> Array:
-  rngs = {"dropout": dropout_rng} if enable_dropout else None
-  return model.apply({"params": params}, batch["encoder_input_tokens"],
-                     batch["decoder_input_tokens"], enable_dropout=enable_dropout,
-                     task_ids=batch.get("task_ids"), rngs=rngs)
-
-
-def train_step(state: TrainState, frozen: Any, batch: Batch, *, model: nn.Module,
-               optimizer: optax.GradientTransformation, z_loss: float,
-               enable_dropout: bool = True) -> tuple[TrainState, dict[str, Array]]:
+def train_step(state: TrainState, frozen: Any, batch: Batch, *,
+               adapter: adapter_lib.ModelAdapter, optimizer: optax.GradientTransformation,
+               enable_dropout: bool = True) -> tuple[TrainState, adapter_lib.Metrics]:
   """One optimizer step on the trainable subtree. Returns the new state and metric sums."""
   rng, dropout_rng = jax.random.split(state.rng)
 
   def loss_fn(trainable):
-    logits = _forward(model, opt_lib.merge_params(trainable, frozen), batch,
-                      enable_dropout=enable_dropout, dropout_rng=dropout_rng)
-    sums = losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
-                                     batch["decoder_loss_weights"], z_loss)
-    return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
+    return adapter.loss(opt_lib.merge_params(trainable, frozen), batch,
+                        enable_dropout=enable_dropout, dropout_rng=dropout_rng)
 
-  grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  sums["grad_norm"] = optax.global_norm(grads)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), sums
+  one = jnp.ones((), jnp.float32)
+  metrics["grad_norm"] = (optax.global_norm(grads), one)
+  # The state that will be saved is checked, not only the loss computed before the update.
+  metrics["param_norm"] = (optax.global_norm(params), one)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 
-def eval_step(trainable: Any, frozen: Any, batch: Batch, *, model: nn.Module,
-              z_loss: float) -> dict[str, Array]:
+def eval_step(trainable: Any, frozen: Any, batch: Batch, *,
+              adapter: adapter_lib.ModelAdapter) -> adapter_lib.Metrics:
   """Teacher-forced loss / token accuracy sums without dropout."""
-  logits = _forward(model, opt_lib.merge_params(trainable, frozen), batch,
-                    enable_dropout=False, dropout_rng=None)
-  return losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
-                                   batch["decoder_loss_weights"], z_loss)
+  return adapter.loss(opt_lib.merge_params(trainable, frozen), batch)[1]
 
 
 def state_shardings(state_shapes: TrainState, param_shardings: Any, mesh: Mesh) -> TrainState:
@@ -96,21 +86,21 @@ def state_shardings(state_shapes: TrainState, param_shardings: Any, mesh: Mesh) 
   return TrainState(step=repl, params=param_shardings, opt_state=opt, rng=repl)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
-                    state_sharding: TrainState, frozen_sharding: Any,
-                    batch_sharding: NamedSharding, z_loss: float = 1e-4,
+def make_train_step(model: nn.Module | adapter_lib.ModelAdapter,
+                    optimizer: optax.GradientTransformation, *, state_sharding: TrainState,
+                    frozen_sharding: Any, batch_sharding: NamedSharding,
                     enable_dropout: bool = True):
   """`train_step` jitted once, with explicit shardings and the state donated."""
-  fn = functools.partial(train_step, model=model, optimizer=optimizer, z_loss=z_loss,
+  fn = functools.partial(train_step, adapter=adapter_lib.as_adapter(model), optimizer=optimizer,
                          enable_dropout=enable_dropout)
   repl = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
   return jax.jit(fn, in_shardings=(state_sharding, frozen_sharding, batch_sharding),
                  out_shardings=(state_sharding, repl), donate_argnames=("state",))
 
 
-def make_eval_step(model: nn.Module, *, param_sharding: Any, frozen_sharding: Any,
-                   batch_sharding: NamedSharding, z_loss: float = 1e-4):
-  fn = functools.partial(eval_step, model=model, z_loss=z_loss)
+def make_eval_step(model: nn.Module | adapter_lib.ModelAdapter, *, param_sharding: Any,
+                   frozen_sharding: Any, batch_sharding: NamedSharding):
+  fn = functools.partial(eval_step, adapter=adapter_lib.as_adapter(model))
   repl = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
   return jax.jit(fn, in_shardings=(param_sharding, frozen_sharding, batch_sharding),
                  out_shardings=repl)

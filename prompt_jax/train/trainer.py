@@ -1,11 +1,14 @@
 """The training loop: partitioned steps, periodic eval, atomic checkpoints, exact resume.
 
-The loop is a plain function. Everything it needs arrives as arguments: the model (with its
-prompt module), the frozen parameters, the initial trainable subtree, the freezing rules, a
-data factory `batches(start) -> iterator` that is deterministic given how many batches were
-already consumed, and an optional evaluator. Restarting with the same arguments resumes from
-the last checkpoint (state, RNG and data position) and ends bitwise where an uninterrupted
-run ends.
+The loop is a plain function. Everything it needs arrives as arguments: the model adapter
+(network + prompt module + loss terms; a bare network gets the default adapter), the frozen
+parameters, the initial trainable subtree, the parameter groups, a data factory
+`batches(start) -> iterator` that is deterministic given how many batches were already
+consumed, and an optional evaluator. Restarting with the same arguments resumes from the last
+checkpoint (state, RNG and data position) and ends bitwise where an uninterrupted run ends.
+
+The loop never learns a method's name: what it exports is the prompt module's effective
+prompt (`prompt_jax.prompts.effective.effective_prompt`), what it optimises is the adapter's loss.
 """
 
 from __future__ import annotations
@@ -23,11 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_jax.prompts import export
+from prompt_jax.train import adapter as adapter_lib
+from prompt_jax.train import builder
 from prompt_jax.train import checkpointing
 from prompt_jax.train import optimizer as opt_lib
-from prompt_jax.train import partitioning
-from prompt_jax.train import step as step_lib
 from prompt_jax.train.metrics_writer import MetricsWriter
 
 Batch = Mapping[str, np.ndarray]
@@ -36,7 +38,7 @@ Evaluator = Callable[[Any, int], Mapping[str, float]]
 
 
 class TrainingDivergedError(RuntimeError):
-  """The loss became NaN or infinite."""
+  """The loss or the parameters became NaN or infinite."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +51,13 @@ class TrainerConfig:
   log_period: int = 10
   num_partitions: int = 1
   seed: int = 0
-  z_loss: float = 1e-4
   keep_checkpoints: int = 3
   enable_dropout: bool = True
   best_metric: str | None = None  # An evaluator key; the best step by its max is recorded.
   progress_bar: bool = True
+  # Names of the tasks a per-task prompt (a bank [T, P, D]) serves, in task-id order; each
+  # task's prompt is also exported on its own as prompts/<task>/prompt_<step>.npy.
+  task_names: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -65,84 +69,62 @@ class TrainResult:
   best: dict[str, Any] | None
 
 
-def _abstract_params(model: nn.Module) -> Any:
-  """Boxed parameter shapes with logical axes (no compute, no memory)."""
-  tokens = jnp.ones((1, 1), jnp.int32)
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens,
-                                           task_ids=jnp.zeros((1,), jnp.int32)))["params"]
-
-
-def _reduce(sums: Mapping[str, Any]) -> dict[str, float]:
-  s = {k: float(v) for k, v in jax.device_get(dict(sums)).items()}
-  w = max(s.get("weight_sum", 0.0), 1.0)
-  out = {"loss": s["loss_sum"] / w, "z_loss": s["z_loss_sum"] / w,
-         "token_accuracy": s["correct_sum"] / w}
-  if "grad_norm" in s:
-    out["grad_norm"] = s["grad_norm"]
-  return out
-
-
-def exportable_prompt(trainable: Mapping[str, Any]) -> np.ndarray | None:
-  """The [P, D] prompt to export, when the trainable tree holds a single prompt."""
-  p = trainable.get("prompt", {}).get("prompt") if isinstance(trainable, Mapping) else None
-  if p is None or np.ndim(p) != 2:
-    return None
-  return np.asarray(jax.device_get(p), np.float32)
+def _reduce(metrics: Mapping[str, Any]) -> dict[str, float]:
+  return adapter_lib.reduce_metrics(metrics)
 
 
 class _Run:
   """The mutable pieces of one training run (built by `train`)."""
 
-  def __init__(self, model, frozen, init_trainable, rules, opt_config, cfg: TrainerConfig):
-    partitioning.maybe_initialize_distributed()
-    self.cfg = cfg
-    self.mesh = partitioning.make_mesh(cfg.num_partitions)
-    boxed = _abstract_params(model)
-    labels = opt_lib.label_params(nn.unbox(boxed), rules)
-    train_sh, frozen_sh = opt_lib.split_params(partitioning.shardings_for(boxed, self.mesh), labels)
+  def __init__(self, adapter: adapter_lib.ModelAdapter, frozen, init_trainable,
+               groups: opt_lib.ParamGroups, cfg: TrainerConfig):
+    builder.maybe_initialize_distributed()
+    self.cfg, self.adapter = cfg, adapter
+    self.setup = builder.build(adapter, groups, builder.make_mesh(cfg.num_partitions),
+                               enable_dropout=cfg.enable_dropout)
+    self.setup.check_trainable(init_trainable)
     opt_lib.log_param_counts(init_trainable, frozen)
-    self.optimizer = opt_lib.make_optimizer(opt_config, rules)
-    state = step_lib.init_train_state(init_trainable, self.optimizer,
-                                      jax.random.PRNGKey(cfg.seed))
-    self.state_sh = step_lib.state_shardings(jax.eval_shape(lambda: state), train_sh, self.mesh)
-    self.frozen = jax.device_put(frozen, frozen_sh)
+    self.frozen = self.setup.put_frozen(frozen)
+    # Export needs only the frozen part of the prompt subtree (if any), never the model.
+    self.frozen_prompt = jax.device_get({k: v for k, v in frozen.items() if k == "prompt"})
     self.checkpointer = checkpointing.Checkpointer(cfg.model_dir, keep=cfg.keep_checkpoints)
     latest = self.checkpointer.latest_step()
     if latest is None:
-      # A private copy: the step donates its state buffers.
-      self.state = jax.device_put(jax.tree_util.tree_map(jnp.array, state), self.state_sh)
+      self.state = self.setup.init_state(init_trainable, cfg.seed)
       self.meta: dict[str, Any] = {"batches_consumed": 0}
     else:
-      target = jax.tree_util.tree_map(
-          lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), state,
-          self.state_sh)
-      self.state, self.meta = self.checkpointer.restore(target, latest)
+      self.state, self.meta = self.checkpointer.restore(
+          self.setup.abstract_state(init_trainable), latest)
       logging.info("Resumed from checkpoint %d (%d batches consumed).", latest,
                    self.meta["batches_consumed"])
-    batch_sh = partitioning.data_sharding(self.mesh)
-    self.batch_sh = batch_sh
-    self.step_fn = step_lib.make_train_step(
-        model, self.optimizer, state_sharding=self.state_sh, frozen_sharding=frozen_sh,
-        batch_sharding=batch_sh, z_loss=cfg.z_loss, enable_dropout=cfg.enable_dropout)
-
+    self.batch_sh = self.setup.batch_sharding
+    self.step_fn = self.setup.step_fn
     # Host-side step counter: reading `state.step` would block on the step just dispatched.
     self.step = int(jax.device_get(self.state.step))
 
+  def host_trainable(self) -> Any:
+    return jax.device_get(self.state.params)
+
+  def export(self, step: int | str) -> None:
+    """Writes the effective prompt of the current state (and its PEFT adapter) for `step`."""
+    trainable = {k: v for k, v in self.host_trainable().items() if k == "prompt"}
+    checkpointing.export_run_prompts(self.adapter.module,
+                              opt_lib.merge_params(trainable, self.frozen_prompt),
+                              self.cfg.model_dir, step, task_names=self.cfg.task_names)
+
   def save(self) -> None:
     self.checkpointer.save(self.state, self.meta)
-    prompt = exportable_prompt(jax.device_get(self.state.params))
-    if prompt is not None:
-      checkpointing.export_prompt_npy(prompt, self.cfg.model_dir, self.step)
-      # The same prompt as a PEFT prompt-tuning adapter, loadable onto the HF model.
-      export.export_peft_adapter(
-          prompt, pathlib.Path(self.cfg.model_dir) / "prompts" / f"peft_{self.step}")
+    self.export(self.step)
 
 
 def _check_finite(metrics: dict[str, float], step: int, run: _Run) -> None:
-  if not math.isfinite(metrics["loss"]):
+  bad = {k: metrics[k] for k in ("loss", "param_norm") if k in metrics
+         and not math.isfinite(metrics[k])}
+  if bad:
     last = run.checkpointer.latest_step()
+    what = ", ".join(f"{k} became {v}" for k, v in bad.items())
     raise TrainingDivergedError(
-        f"Loss became {metrics['loss']} at step {step}. Stopped without saving; the last good "
+        f"At step {step} the {what}. Stopped without saving; the last good "
         f"checkpoint ({'none' if last is None else f'step {last}'}) is kept in "
         f"{run.checkpointer.directory}. Lower the learning rate or check the data, then "
         "rerun the same command to resume from it.")
@@ -155,11 +137,28 @@ def _progress(cfg: TrainerConfig, start: int):
   return tqdm(total=cfg.train_steps, initial=start, unit="step", dynamic_ncols=True)
 
 
-def train(model: nn.Module, frozen: Any, init_trainable: Any, *, rules: opt_lib.Rules,
-          opt_config: opt_lib.OptimizerConfig, batches: BatchFactory, cfg: TrainerConfig,
+def train(model: nn.Module | adapter_lib.ModelAdapter, frozen: Any, init_trainable: Any, *,
+          groups: opt_lib.ParamGroups | None = None, rules: opt_lib.Rules | None = None,
+          opt_config: opt_lib.OptimizerConfig | Mapping[str, opt_lib.OptimizerConfig] | None
+          = None, batches: BatchFactory, cfg: TrainerConfig,
           evaluator: Evaluator | None = None) -> TrainResult:
-  """Trains (or resumes) to `cfg.train_steps`. See the module docstring."""
-  run = _Run(model, frozen, init_trainable, rules, opt_config, cfg)
+  """Trains (or resumes) to `cfg.train_steps`. See the module docstring.
+
+  Args:
+    model: a `ModelAdapter`, or a bare network (default loss).
+    frozen: the frozen parameters (constant; never differentiated, never saved).
+    init_trainable: the initial trainable subtree (every non-frozen group's leaves).
+    groups: the parameter groups; or give `rules` and `opt_config` (one OptimizerConfig for
+      every trainable group, or one per group).
+    batches: `start -> iterator` of host batches (see `prompt_jax.train.inputs`).
+    cfg: loop settings.
+    evaluator: `(trainable subtree on host, step) -> metrics`, run every eval period.
+  """
+  if groups is None:
+    if rules is None:
+      raise ValueError("train() needs `groups`, or `rules` with `opt_config`.")
+    groups = opt_lib.as_param_groups(rules, opt_config or opt_lib.OptimizerConfig())
+  run = _Run(adapter_lib.as_adapter(model), frozen, init_trainable, groups, cfg)
   writer = MetricsWriter(cfg.model_dir)
   data = batches(run.meta["batches_consumed"])
   bar = _progress(cfg, run.step)
@@ -167,9 +166,8 @@ def train(model: nn.Module, frozen: Any, init_trainable: Any, *, rules: opt_lib.
   t_log, examples = time.perf_counter(), 0
   while run.step < cfg.train_steps:
     batch = next(data)
-    global_batch = {k: jax.make_array_from_process_local_data(run.batch_sh, np.asarray(v))
-                    for k, v in batch.items()}  # Each process holds its slice of the batch.
-    run.state, sums = run.step_fn(run.state, run.frozen, global_batch)
+    # Each process holds its slice of the batch.
+    run.state, sums = run.step_fn(run.state, run.frozen, run.setup.put_batch(batch))
     run.meta["batches_consumed"] += 1
     run.step += 1
     step = run.step
@@ -189,7 +187,7 @@ def train(model: nn.Module, frozen: Any, init_trainable: Any, *, rules: opt_lib.
       if bar is not None:
         bar.set_postfix(loss=f"{last_train['loss']:.4f}", ex_s=f"{rate:.1f}")
     if at_eval:
-      last_eval = dict(evaluator(jax.device_get(run.state.params), step))
+      last_eval = dict(evaluator(run.host_trainable(), step))
       writer.write(step, "eval", last_eval)
       best = _update_best(cfg, best, step, last_eval, run)
     if at_ckpt:
@@ -200,7 +198,7 @@ def train(model: nn.Module, frozen: Any, init_trainable: Any, *, rules: opt_lib.
     bar.close()
   writer.close()
   run.checkpointer.close()
-  return TrainResult(step=run.step, trainable=jax.device_get(run.state.params),
+  return TrainResult(step=run.step, trainable=run.host_trainable(),
                      last_train_metrics=last_train, last_eval_metrics=last_eval, best=best)
 
 
@@ -218,7 +216,5 @@ def _update_best(cfg: TrainerConfig, best, step: int, metrics: Mapping[str, floa
     return best
   best = {"step": step, "metric": cfg.best_metric, "value": value}
   checkpointing.write_json(pathlib.Path(cfg.model_dir) / "best.json", best)
-  prompt = exportable_prompt(jax.device_get(run.state.params))
-  if prompt is not None:
-    checkpointing.export_prompt_npy(prompt, cfg.model_dir, "best")
+  run.export("best")
   return best

@@ -9,13 +9,12 @@ import pytest
 
 from prompt_jax.models import T5Transformer
 from prompt_jax.prompts import Prompt, init_prompt_params
+from prompt_jax.train import adapter as adapter_lib
+from prompt_jax.train import builder
 from prompt_jax.train import optimizer as opt_lib
 from prompt_jax.train import partitioning
 from prompt_jax.train import step as step_lib
-from prompt_jax.train.trainer import _abstract_params
 from tests.tiny import copy_task_batches, frozen_params, tiny_config
-
-import flax.linen as nn
 
 CFG = tiny_config(dropout_rate=0.1)  # Dropout on: its RNG must agree across meshes too.
 
@@ -32,20 +31,13 @@ def _run(num_partitions: int | None, steps: int = 4):
   model, frozen, trainable = _setup()
   devices = jax.devices()[:1] if num_partitions is None else jax.devices()
   mesh = partitioning.make_mesh(num_partitions or 1, devices)
-  boxed = _abstract_params(model)
-  labels = opt_lib.label_params(nn.unbox(boxed), opt_lib.PROMPT_TUNING_RULES)
-  train_sh, frozen_sh = opt_lib.split_params(partitioning.shardings_for(boxed, mesh), labels)
-  tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig(), opt_lib.PROMPT_TUNING_RULES)
-  state = step_lib.init_train_state(trainable, tx, jax.random.PRNGKey(2))
-  state_sh = step_lib.state_shardings(jax.eval_shape(lambda: state), train_sh, mesh)
-  state = jax.device_put(state, state_sh)
-  frozen_dev = jax.device_put(frozen, frozen_sh)
-  fn = step_lib.make_train_step(model, tx, state_sharding=state_sh, frozen_sharding=frozen_sh,
-                                batch_sharding=partitioning.data_sharding(mesh))
+  setup = builder.build(model, opt_lib.PROMPT_TUNING, mesh)
+  state = setup.init_state(trainable, seed=2)
+  frozen_dev = setup.put_frozen(frozen)
   data, losses, prompts = copy_task_batches(0), [], []
   for _ in range(steps):
-    state, sums = fn(state, frozen_dev, next(data))
-    losses.append(float(sums["loss_sum"] / sums["weight_sum"]))
+    state, metrics = setup.step_fn(state, frozen_dev, next(data))
+    losses.append(adapter_lib.reduce_metrics(metrics)["loss"])
     prompts.append(np.asarray(jax.device_get(state.params["prompt"]["prompt"])))
   return losses, jax.device_get(state.params), frozen, jax.device_get(frozen_dev), mesh, prompts
 
@@ -80,7 +72,7 @@ def test_mesh_matches_single_device(single, num_partitions):
 def test_mesh_shards_model_axes():
   model, _, _ = _setup()
   mesh = partitioning.make_mesh(4)
-  sh = partitioning.shardings_for(_abstract_params(model), mesh)
+  sh = partitioning.shardings_for(builder.abstract_params(model), mesh)
   assert sh["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].spec == jax.sharding.PartitionSpec(None, "model")
   assert sh["prompt"]["prompt"].spec == jax.sharding.PartitionSpec(None, None)
   with pytest.raises(ValueError, match="NUM_PARTITIONS"):
@@ -105,8 +97,9 @@ def test_train_step_grads_only_trainable_subtree():
   tx = opt_lib.make_optimizer(opt_lib.OptimizerConfig(), opt_lib.PROMPT_TUNING_RULES)
   state = step_lib.init_train_state(trainable, tx, jax.random.PRNGKey(0))
   batch = next(copy_task_batches(0))
-  jaxpr = jax.make_jaxpr(functools.partial(step_lib.train_step, model=model, optimizer=tx,
-                                           z_loss=1e-4))(state, frozen, batch)
+  jaxpr = jax.make_jaxpr(functools.partial(step_lib.train_step,
+                                           adapter=adapter_lib.ModelAdapter(model),
+                                           optimizer=tx))(state, frozen, batch)
   # The step's outputs are the new state (trainable only) + metric sums: no frozen-shaped
   # gradient leaves come out.
   out_shapes = {tuple(v.aval.shape) for v in jaxpr.jaxpr.outvars}

@@ -84,7 +84,7 @@ def _run_script(model_dir, steps):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_equal(tmp_path):
-  steps = 12
+  steps = 40  # Long enough that the kill lands mid-run (a step + save takes ~30 ms here).
   reference = _run_script(tmp_path / "a", steps)
   assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
   # Kill the second run with SIGKILL at a random moment after its first checkpoint.
