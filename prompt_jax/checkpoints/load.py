@@ -158,7 +158,9 @@ def load_pretrained(path: str | os.PathLike, *, sharding: Sharding = None,
 
   Raises:
     CheckpointError: unknown dir, or missing / extra / mis-shaped tensors (all named, with
-      expected and found shapes).
+      expected and found shapes), or a damaged file (truncated / corrupt msgpack,
+      safetensors, zarr metadata or chunks, Orbax files; the message names it), or a
+      `pytorch_model.bin` that torch's weights-only loader refuses.
     ValueError: an override contradicts the checkpoint's shapes.
   """
   fmt, ckpt_dir = detect_format(path)

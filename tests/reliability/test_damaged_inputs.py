@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization, traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from safetensors.numpy import save_file
 
 import prompt_jax
@@ -126,6 +127,20 @@ def test_damaged_zarr_array_names_array_and_dir(t5x_copy, array, damage, reason)
   assert f"T5X checkpoint {t5x_copy}: cannot {verb} zarr array {t5x_copy / array}" in message
   assert reason in message and RECOPY in message
   assert "tensorstore_spec" not in message and "\n" not in message
+
+
+def test_damaged_chunk_is_named_in_a_sharded_load(t5x_tiny_dir, t5x_copy):
+  (t5x_copy / EMBEDDING / "5.0").unlink()
+  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+  flat = traverse_util.flatten_dict(prompt_jax.load_pretrained(
+      t5x_tiny_dir, relative_attention_max_distance=8)[1], sep="/")
+  sharding = traverse_util.unflatten_dict(  # The [32128, 4] embedding over 'model' (4).
+      {p: NamedSharding(mesh, P("model", None) if p == "token_embedder/embedding" else P())
+       for p in flat}, sep="/")
+  message = _raises_unmodified(CheckpointError, t5x_copy, lambda: prompt_jax.load_pretrained(
+      t5x_copy, sharding=sharding, relative_attention_max_distance=8))
+  assert f"cannot read zarr array {t5x_copy / EMBEDDING}" in message
+  assert "chunk {5, 0}" in message and "is missing" in message
 
 
 def test_dot_and_dotdot_in_the_path_load(t5x_tiny_dir, monkeypatch):
