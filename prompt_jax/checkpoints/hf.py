@@ -208,11 +208,27 @@ def normalized_hf_config(hf_dir: str, **overrides: Any) -> tuple[T5Config, bool]
   return T5Config.from_hf_dict(hf, **overrides), bool(hf.get("tie_word_embeddings", True))
 
 
+def _damaged(filename: str, err: Exception | str) -> CheckpointError:
+  """The error for a weight file that its reader cannot decode."""
+  reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+  with open(filename, "rb") as f:
+    head = f.read(200)
+  hint = (" It is a Git LFS pointer, not the weights: fetch them with `git lfs pull`."
+          if b"git-lfs" in head else
+          f" It is truncated or corrupted (an interrupted download or copy?): download or "
+          f"copy {os.path.basename(filename)} again.")
+  return CheckpointError(f"Cannot read {filename} ({os.path.getsize(filename)} bytes; "
+                         f"{reason}).{hint} Nothing was loaded.")
+
+
 def _safetensors_file(filename: str) -> dict[str, TensorSource]:
-  from safetensors import safe_open  # Local: only HF checkpoints need it.
-  with safe_open(filename, framework="numpy") as f:
-    return {name: SafetensorsSource(filename, name, tuple(f.get_slice(name).get_shape()))
-            for name in f.keys()}
+  from safetensors import SafetensorError, safe_open  # Local: only HF checkpoints need it.
+  try:
+    with safe_open(filename, framework="numpy") as f:
+      return {name: SafetensorsSource(filename, name, tuple(f.get_slice(name).get_shape()))
+              for name in f.keys()}
+  except SafetensorError as err:
+    raise _damaged(filename, err) from err
 
 
 def _index_files(hf_dir: str, index_name: str) -> list[str]:
@@ -229,7 +245,13 @@ def _index_files(hf_dir: str, index_name: str) -> list[str]:
 def _flax_msgpack(filename: str) -> dict[str, TensorSource]:
   from flax import serialization  # flax's msgpack array extension types.
   with open(filename, "rb") as f:
-    tree = serialization.msgpack_restore(f.read())
+    data = f.read()
+  try:
+    tree = serialization.msgpack_restore(data)
+  except Exception as err:  # Damaged bytes fail in msgpack or in flax's array decoding.
+    raise _damaged(filename, err) from err
+  if not isinstance(tree, Mapping):
+    raise _damaged(filename, f"it decodes to a {type(tree).__name__}, not a params dict")
   if set(tree) == {"params"}:
     tree = tree["params"]
   return {name: ArraySource(np.asarray(value), origin=f"{filename}:{name}")
@@ -244,6 +266,39 @@ def _torch_to_numpy(tensor: Any) -> np.ndarray:
   return tensor.numpy()
 
 
+def _conversion_hint(filename: str) -> str:
+  """How to turn a pickle-based torch checkpoint into safetensors, away from prompt_jax."""
+  hf_dir = os.path.dirname(os.path.abspath(filename))
+  return (f"If the file comes from a source you trust, convert it to safetensors in a "
+          f"separate, trusted environment where torch and transformers are installed: "
+          f"python -c \"from transformers import T5ForConditionalGeneration as M; "
+          f"M.from_pretrained('{hf_dir}').save_pretrained('{hf_dir}')\" (transformers >= "
+          f"4.35 writes {SAFETENSORS} beside it, which prompt_jax prefers); otherwise get "
+          f"{SAFETENSORS} from the model's publisher.")
+
+
+def _torch_refusal(filename: str, err: Exception) -> CheckpointError:
+  """Our message for a file torch's weights-only loader refused; never torch's advice."""
+  text = str(err)
+  unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+  recopy = f"If it is damaged, download or copy {os.path.basename(filename)} again."
+  if unsafe:
+    return CheckpointError(
+        f"Refusing {filename}: it holds a Python object of type {unsafe.group(1)}, not only "
+        f"tensors; prompt_jax does not unpickle objects, since unpickling can run code. "
+        f"{_conversion_hint(filename)}")
+  if "weights_only" in text or "Weights only" in text:
+    return CheckpointError(
+        f"Refusing {filename}: torch's weights-only loader cannot read it, so it is damaged, "
+        f"not a PyTorch file, or holds pickled Python objects. {recopy} "
+        f"{_conversion_hint(filename)}")
+  first_line = text.splitlines()[0] if text else ""
+  return CheckpointError(
+      f"Cannot read {filename} ({os.path.getsize(filename)} bytes; {type(err).__name__}: "
+      f"{first_line}): it is truncated, corrupted or not a PyTorch file. {recopy} Or use "
+      f"{SAFETENSORS} instead.")
+
+
 def _torch_bin(filename: str) -> dict[str, TensorSource]:
   """Reads a pickle-based torch file, only through torch's `weights_only=True` unpickler."""
   try:
@@ -251,12 +306,19 @@ def _torch_bin(filename: str) -> dict[str, TensorSource]:
   except ImportError:
     raise CheckpointError(
         f"{filename} is a pickle-based PyTorch file and torch is not installed; prompt_jax "
-        f"reads such files only through torch.load(weights_only=True). Convert it to "
-        f"safetensors where torch and transformers are installed: python -c \"from "
-        f"transformers import T5ForConditionalGeneration as M; "
-        f"M.from_pretrained('IN_DIR').save_pretrained('OUT_DIR')\" (writes "
-        f"OUT_DIR/model.safetensors; copy config.json along), or install torch.") from None
-  state = torch.load(filename, map_location="cpu", weights_only=True)
+        f"reads such files only through torch's weights-only loader. Install torch, or "
+        f"convert the file: {_conversion_hint(filename)}") from None
+  try:
+    state = torch.load(filename, map_location="cpu", weights_only=True)
+  except Exception as err:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+    raise _torch_refusal(filename, err) from None  # Torch's text advises an unsafe load.
+  if not isinstance(state, Mapping):
+    raise CheckpointError(f"{filename} holds a {type(state).__name__}, not a state dict of "
+                          f"tensors. {_conversion_hint(filename)}")
+  not_tensors = sorted(name for name, t in state.items() if not torch.is_tensor(t))
+  if not_tensors:
+    raise CheckpointError(f"{filename} holds non-tensor entries {not_tensors[:5]}, not only a "
+                          f"state dict of tensors. {_conversion_hint(filename)}")
   return {name: ArraySource(_torch_to_numpy(t), origin=f"{filename}:{name}")
           for name, t in state.items()}
 

@@ -84,9 +84,11 @@ def detect_format(path: str | os.PathLike) -> tuple[str, str]:
   path = os.fspath(path)
   if path.startswith("gs://"):
     return _detect_remote(path)
+  # Tensorstore rejects '.' and '..' in file paths: resolve them as the OS does.
+  path = os.path.realpath(path)
   if os.path.isfile(path):
     if os.path.basename(path) == t5x.LEGACY_FILE:
-      return "t5x", os.path.dirname(os.path.abspath(path))
+      return "t5x", os.path.dirname(path)
     raise CheckpointError(f"{path} is a file; pass the checkpoint dir (looked for: "
                           f"{_LOOKED_FOR}).")
   if not os.path.isdir(path):
@@ -156,7 +158,9 @@ def load_pretrained(path: str | os.PathLike, *, sharding: Sharding = None,
 
   Raises:
     CheckpointError: unknown dir, or missing / extra / mis-shaped tensors (all named, with
-      expected and found shapes).
+      expected and found shapes), or a damaged file (truncated / corrupt msgpack,
+      safetensors, zarr metadata or chunks, Orbax files; the message names it), or a
+      `pytorch_model.bin` that torch's weights-only loader refuses.
     ValueError: an override contradicts the checkpoint's shapes.
   """
   fmt, ckpt_dir = detect_format(path)

@@ -64,18 +64,67 @@ class ArraySource(TensorSource):
     return self.array if index is None else self.array[index]
 
 
+def _tensorstore_reason(err: Exception) -> str:
+  """Tensorstore's error text without the spec JSON and source locations it appends."""
+  text = str(err).split(" [tensorstore_spec=", 1)[0].split(" [source locations=", 1)[0]
+  return text.strip()
+
+
+def kvstore_location(kvstore: Mapping[str, Any]) -> str:
+  """A tensorstore kvstore spec as a path a user can look at ('/a/b', 'gs://bucket/a/b')."""
+  if kvstore.get("driver") == "gcs":
+    return f"gs://{kvstore.get('bucket', '?')}/{kvstore.get('path', '')}"
+  return str(kvstore.get("path", "?"))
+
+
+_RECOPY = "copy the checkpoint dir again from its source (nothing was loaded)"
+
+
 @dataclasses.dataclass
 class TensorStoreSource(TensorSource):
-  """A tensorstore array (T5X's zarr dirs); only the requested slice is read."""
+  """A tensorstore array (T5X's zarr dirs); only the requested slice is read.
+
+  The array is opened with its own `.zarray` metadata, whose shape must equal the one the
+  checkpoint file recorded (`spec["metadata"]["shape"]`, the shape used for the model check).
+  A zarr array with a null fill value is read with missing chunks as errors: tensorstore
+  would otherwise return zeros for them, silently.
+  """
   spec: dict[str, Any]
   origin: str
+  checkpoint: str = "?"
   _store: Any = dataclasses.field(default=None, repr=False)
 
+  @property
+  def location(self) -> str:
+    """The array's dir, for messages."""
+    return kvstore_location(self.spec.get("kvstore", {}))
+
+  def _error(self, what: str, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"T5X checkpoint {self.checkpoint}: cannot {what} zarr array {self.location} "
+        f"({_tensorstore_reason(err)}). The array's files are damaged or missing; "
+        f"{_RECOPY}.")
+
   def _open(self) -> Any:
-    if self._store is None:
-      import tensorstore as ts  # Local: only T5X checkpoints need it.
-      self._store = ts.open(self.spec, read=True, open=True).result()
-    return self._store
+    if self._store is not None:
+      return self._store
+    import tensorstore as ts  # Local: only T5X checkpoints need it.
+    spec = {k: v for k, v in self.spec.items() if k != "metadata"}  # Checked below instead.
+    try:
+      store = ts.open(dict(spec, fill_missing_data_reads=False), read=True, open=True).result()
+      if store.fill_value is not None:  # A defined fill value: a missing chunk is legitimate.
+        store = ts.open(spec, read=True, open=True).result()
+    except ValueError as err:  # Tensorstore's error for missing or undecodable files.
+      raise self._error("open", err) from err
+    recorded = self.spec.get("metadata", {}).get("shape")
+    if recorded is not None and tuple(store.shape) != tuple(int(d) for d in recorded):
+      raise CheckpointError(
+          f"T5X checkpoint {self.checkpoint}: zarr array {self.location} has shape "
+          f"{tuple(store.shape)} in its .zarray metadata, but the checkpoint file records "
+          f"{tuple(int(d) for d in recorded)}. The array dir is damaged or belongs to another "
+          f"checkpoint; {_RECOPY}.")
+    self._store = store
+    return store
 
   @property
   def shape(self) -> Shape:
@@ -86,7 +135,10 @@ class TensorStoreSource(TensorSource):
 
   def read(self, index: Index | None = None) -> np.ndarray:
     store = self._open()
-    return np.asarray(store[index if index is not None else _full(self.shape)].read().result())
+    try:
+      return np.asarray(store[index if index is not None else _full(self.shape)].read().result())
+    except ValueError as err:
+      raise self._error("read", err) from err
 
 
 @dataclasses.dataclass

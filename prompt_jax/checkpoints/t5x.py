@@ -14,13 +14,14 @@ driver, never a hand-made downloader).
 from __future__ import annotations
 
 import copy
+import os
 import posixpath
 from typing import Any, Mapping
 
 import numpy as np
 
 from prompt_jax.checkpoints.sources import (ArraySource, CheckpointError, Shape, TensorSource,
-                                            TensorStoreSource)
+                                            TensorStoreSource, kvstore_location)
 
 LEGACY_FILE = "checkpoint"
 ORBAX_MARKER = "_METADATA"
@@ -44,7 +45,8 @@ def kvstore_for(path: str) -> dict[str, str]:
     return {"driver": "gcs", "bucket": bucket, "path": obj}
   if "://" in path:
     raise CheckpointError(f"Unsupported remote path {path!r}: use a local path or gs://.")
-  return {"driver": "file", "path": path}
+  # Tensorstore's file driver rejects '.' and '..' components; resolve them as the OS would.
+  return {"driver": "file", "path": os.path.realpath(path)}
 
 
 def rewrite_spec(spec: Mapping[str, Any], ckpt_dir: str) -> dict[str, Any]:
@@ -119,6 +121,28 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def _legacy_target(filename: str, data: bytes) -> Mapping[str, Any]:
+  """Decodes a T5X msgpack `checkpoint` file to its params tree (`optimizer/target`)."""
+  from flax import serialization  # msgpack decoding of flax's array extension types.
+  try:
+    state = serialization.msgpack_restore(data)
+  except Exception as err:  # Damaged bytes fail in msgpack or in flax's array decoding.
+    raise CheckpointError(
+        f"T5X checkpoint file {filename} cannot be decoded ({len(data)} bytes; "
+        f"{type(err).__name__}: {err}). It is truncated or corrupted (an interrupted copy?): "
+        f"copy the checkpoint dir again from its source (nothing was loaded).") from err
+  optimizer = state.get("optimizer") if isinstance(state, Mapping) else None
+  if isinstance(optimizer, Mapping) and isinstance(optimizer.get("target"), Mapping):
+    return optimizer["target"]
+  if isinstance(state, Mapping) and isinstance(state.get("target"), Mapping):
+    return state["target"]
+  found = (f"top-level keys: {sorted(map(str, state))}" if isinstance(state, Mapping)
+           else f"it decodes to a {type(state).__name__}")
+  raise CheckpointError(f"{filename} has no optimizer/target ({found}): not a T5X "
+                        f"checkpoint, or a damaged one (copy the checkpoint dir again from "
+                        f"its source).")
+
+
 def legacy_sources(ckpt_dir: str) -> dict[str, TensorSource]:
   """The params of a legacy T5X checkpoint dir as lazy sources, by T5X path.
 
@@ -128,21 +152,14 @@ def legacy_sources(ckpt_dir: str) -> dict[str, TensorSource]:
   Returns:
     `{t5x_path: TensorSource}`: inline arrays in memory, zarr arrays unread.
   """
-  from flax import serialization  # msgpack decoding of flax's array extension types.
   filename = posixpath.join(str(ckpt_dir), LEGACY_FILE)
-  state = serialization.msgpack_restore(read_bytes(filename))
-  if "optimizer" in state and "target" in state["optimizer"]:
-    target = state["optimizer"]["target"]
-  elif "target" in state:
-    target = state["target"]
-  else:
-    raise CheckpointError(f"{filename} has no optimizer/target (top-level keys: "
-                          f"{sorted(state)}); not a T5X checkpoint.")
+  target = _legacy_target(filename, read_bytes(filename))
   sources: dict[str, TensorSource] = {}
   for path, leaf in _flatten(target).items():
     if _is_spec(leaf):
-      sources[path] = TensorStoreSource(rewrite_spec(leaf, ckpt_dir),
-                                        origin=f"zarr {leaf['kvstore'].get('path', '?')}")
+      spec = rewrite_spec(leaf, ckpt_dir)
+      sources[path] = TensorStoreSource(spec, origin=f"zarr {kvstore_location(spec['kvstore'])}",
+                                        checkpoint=str(ckpt_dir))
     elif isinstance(leaf, (np.ndarray, np.generic)):
       sources[path] = ArraySource(np.asarray(leaf), origin=f"{filename} (inline)")
     else:
@@ -151,17 +168,29 @@ def legacy_sources(ckpt_dir: str) -> dict[str, TensorSource]:
   return sources
 
 
+def _orbax_damaged(ckpt_dir: str, reason: str) -> CheckpointError:
+  return CheckpointError(
+      f"Orbax checkpoint {ckpt_dir} is damaged or incomplete ({reason}): its {ORBAX_MARKER} "
+      f"or array files cannot be read. Copy the checkpoint dir again from its source "
+      f"(nothing was loaded).")
+
+
 def _orbax_params_metadata(ckpt_dir: str) -> tuple[str, dict[str, Any]]:
   """(params key, nested metadata tree of the params) of an Orbax checkpoint."""
   import orbax.checkpoint as ocp  # Local: orbax is slow to import and only needed here.
-  metadata = ocp.PyTreeCheckpointer().metadata(ckpt_dir)
+  try:
+    metadata = ocp.PyTreeCheckpointer().metadata(ckpt_dir)
+  except Exception as err:  # Orbax surfaces damaged files as JSON, tensorstore, ... errors.
+    raise _orbax_damaged(ckpt_dir, f"{type(err).__name__}: {err}") from err
   item = getattr(metadata, "item_metadata", metadata)  # A StepMetadata in newer orbax.
   tree = getattr(item, "tree", item)  # A TreeMetadata in newer orbax, a dict in older.
+  if not isinstance(tree, Mapping):  # Orbax logs a warning and returns None when it fails.
+    raise _orbax_damaged(ckpt_dir, "orbax could not read its metadata")
   for key in _PARAM_KEYS:
-    if isinstance(tree, Mapping) and key in tree:
+    if key in tree:
       return key, tree[key]
   raise CheckpointError(f"Orbax checkpoint {ckpt_dir} has no params under any of "
-                        f"{list(_PARAM_KEYS)} (top-level keys: {sorted(tree)}).")
+                        f"{list(_PARAM_KEYS)} (top-level keys: {sorted(map(str, tree))}).")
 
 
 def orbax_shapes(ckpt_dir: str) -> tuple[str, dict[str, Shape]]:
@@ -191,6 +220,9 @@ def orbax_restore(ckpt_dir: str, key: str, paths: list[str], *, param_dtype: Any
             for p in paths}
   item = traverse_util.unflatten_dict({p: 0 for p in paths}, sep="/")
   restore_args = traverse_util.unflatten_dict(args, sep="/")
-  restored = ocp.PyTreeCheckpointer().restore(ckpt_dir, args=ocp.args.PyTreeRestore(
-      item={key: item}, restore_args={key: restore_args}, partial_restore=True))
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(ckpt_dir, args=ocp.args.PyTreeRestore(
+        item={key: item}, restore_args={key: restore_args}, partial_restore=True))
+  except Exception as err:  # See `_orbax_params_metadata`.
+    raise _orbax_damaged(ckpt_dir, f"{type(err).__name__}: {err}") from err
   return restored[key]

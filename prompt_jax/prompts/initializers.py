@@ -127,12 +127,68 @@ def from_string(embedding: Array | np.ndarray, token_ids: Sequence[int],
   return init
 
 
+class PromptFileError(ValueError):
+  """A prompt file that is not a finite floating-point [P, D] `.npy` array."""
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_RESAVE = "save the prompt with np.save(path, prompt) as a float32 [P, D] array"
+
+
+def _npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, int]:
+  """(shape, dtype, data offset) from a `.npy` header; the data itself is not read."""
+  with open(path, "rb") as f:
+    head = f.read(len(_NPY_MAGIC))
+    if head != _NPY_MAGIC:
+      kind = ("an .npz archive" if head.startswith(b"PK") else
+              "empty" if not head else "not a .npy file (no .npy header)")
+      raise PromptFileError(f"Prompt file {path} is {kind}; a prompt file is one array "
+                            f"written by np.save: {_RESAVE}.")
+    f.seek(0)
+    try:
+      version = np.lib.format.read_magic(f)
+      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)  # 2.0 and 3.0 share the layout.
+      shape, _, dtype = read(f)
+    except Exception as err:  # numpy parses the header dict with tokenize and ast.
+      raise PromptFileError(f"Prompt file {path} has a damaged .npy header ({err}); "
+                            f"{_RESAVE}.") from err
+    return tuple(shape), dtype, f.tell()
+
+
 def load_npy_prompt(path: str | pathlib.Path) -> np.ndarray:
-  """Reads a saved prompt; never unpickles."""
+  """Reads a saved prompt [P, D]; never unpickles.
+
+  Raises:
+    FileNotFoundError: no such file.
+    PromptFileError: not a `.npy` file, a truncated one, an array of Python objects, a
+      non-floating dtype, not 2-D, or NaN / inf values (the message names the file).
+  """
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"Prompt file {path} does not exist.")
-  return np.load(path, allow_pickle=False)
+  shape, dtype, offset = _npy_header(path)
+  if dtype.hasobject:
+    raise PromptFileError(f"Prompt file {path} holds Python objects (dtype {dtype}), which "
+                          f"prompt_jax never unpickles; only numeric arrays are accepted: "
+                          f"{_RESAVE}.")
+  if not np.issubdtype(dtype, np.floating):
+    raise PromptFileError(f"Prompt file {path} holds {dtype} values; a prompt is a "
+                          f"floating-point array in embedding space: {_RESAVE}.")
+  if len(shape) != 2:
+    raise PromptFileError(f"Prompt file {path} has shape {shape}; a prompt is 2-D [P, D].")
+  expected, found = int(np.prod(shape)) * dtype.itemsize, path.stat().st_size - offset
+  if found != expected:
+    raise PromptFileError(f"Prompt file {path} is truncated or damaged: its header promises "
+                          f"{shape} {dtype} ({expected} bytes of data) but it holds "
+                          f"{found}; copy it again or {_RESAVE}.")
+  array = np.load(path, allow_pickle=False)
+  bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+  if bad:
+    raise PromptFileError(f"Prompt file {path} has {bad} non-finite value(s) (NaN or inf) "
+                          f"out of {array.size}; the run that wrote it diverged. Use an "
+                          f"earlier prompt_<step>.npy or retrain with a lower learning rate.")
+  return array
 
 
 def from_npy(path: str | pathlib.Path) -> Initializer:

@@ -149,6 +149,15 @@ def test_rewrite_spec_local_gcs_absolute():
       "driver": "gcs", "bucket": "other", "path": "x/target.b"}
   with pytest.raises(CheckpointError, match="s3"):
     rewrite_spec(dict(spec, kvstore={"driver": "s3", "path": "x"}), "/d")
+  # Tensorstore's file driver rejects '.' and '..' components: they are resolved.
+  dotted = rewrite_spec(spec, "/ckpts/run/xl/.././checkpoint_5")
+  assert dotted["kvstore"] == {"driver": "file", "path": "/ckpts/run/checkpoint_5/target.a.kernel"}
+
+
+def test_detect_format_resolves_dot_dot(t5x_tiny_dir):
+  dotted = f"{t5x_tiny_dir}/../{t5x_tiny_dir.name}"
+  assert detect_format(dotted) == ("t5x", str(t5x_tiny_dir))
+  assert detect_format(f"{dotted}/./checkpoint") == ("t5x", str(t5x_tiny_dir))
 
 
 def _random_params(config: T5Config, seed: int = 0) -> dict[str, np.ndarray]:
