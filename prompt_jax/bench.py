@@ -218,33 +218,21 @@ def build_train_step(mode: str, cfg: BenchConfig):
   import jax
   from prompt_jax.models import T5Transformer
   from prompt_jax.prompts import Prompt
+  from prompt_jax.train import builder
   from prompt_jax.train import optimizer as opt_lib
-  from prompt_jax.train import partitioning
-  from prompt_jax.train import step as step_lib
-  from prompt_jax.train.trainer import _abstract_params
 
   config = model_config(cfg)
   model = T5Transformer(config, prompt=Prompt(cfg.prompt_length))
-  if mode == "prompt_tuning":
-    rules, opt_config = opt_lib.PROMPT_TUNING_RULES, opt_lib.OptimizerConfig()
-  else:
-    rules, opt_config = opt_lib.MODEL_TUNING_RULES, opt_lib.MODEL_TUNING_OPTIMIZER
-  mesh = partitioning.make_mesh(1, jax.devices()[:1])
-  boxed = _abstract_params(model)
-  labels = opt_lib.label_params(nn.unbox(boxed), rules)
-  trainable, frozen = opt_lib.split_params(random_params(nn.unbox(boxed), cfg.seed), labels)
-  train_sh, frozen_sh = opt_lib.split_params(partitioning.shardings_for(boxed, mesh), labels)
+  groups = opt_lib.PROMPT_TUNING if mode == "prompt_tuning" else opt_lib.MODEL_TUNING
+  setup = builder.build(model, groups, builder.make_mesh(1, jax.devices()[:1]),
+                        enable_dropout=cfg.dropout_rate > 0)
+  params = random_params(nn.unbox(builder.abstract_params(model)), cfg.seed)
+  trainable, frozen = opt_lib.split_params(params, groups.labels(params))
   opt_lib.log_param_counts(trainable, frozen)
-  tx = opt_lib.make_optimizer(opt_config, rules)
-  init = lambda tr, rng: step_lib.init_train_state(tr, tx, rng)
-  rng = jax.random.PRNGKey(cfg.seed)
-  state_sh = step_lib.state_shardings(jax.eval_shape(init, trainable, rng), train_sh, mesh)
-  state = jax.jit(init, out_shardings=state_sh)(trainable, rng)  # One compile, not per leaf.
-  frozen = jax.device_put(frozen, frozen_sh)
-  batch_sh = partitioning.data_sharding(mesh)
-  batch = jax.device_put(synthetic_batch(cfg, config.vocab_size), batch_sh)
-  fn = step_lib.make_train_step(model, tx, state_sharding=state_sh, frozen_sharding=frozen_sh,
-                                batch_sharding=batch_sh, enable_dropout=cfg.dropout_rate > 0)
+  state = setup.init_state(trainable, cfg.seed)
+  frozen = setup.put_frozen(frozen)
+  batch = setup.put_batch(synthetic_batch(cfg, config.vocab_size))
+  fn = setup.step_fn
   options = TINY_COMPILER_OPTIONS if cfg.tiny else None
   return fn.lower(state, frozen, batch).compile(options), state, frozen, batch
 

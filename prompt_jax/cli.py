@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import pathlib
+import re
 import sys
 from typing import Sequence
 
@@ -93,9 +94,28 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str =
   try:
     gin.finalize()
   except ValueError as e:
+    unset = re.search(r"No bindings specified for '([A-Za-z_][\w.]*)/gin\.macro'", str(e))
+    if unset:
+      raise CliError(unset_macro_message(unset.group(1))) from None
     raise CliError(f"{e} Set it with --gin.NAME=VALUE (see the 'Required' block at the top "
                    "of the run file).") from None
   return gin.config_str()
+
+
+# Macros that a whole gin file sets, and which folder of shipped files offers them.
+_MACRO_FILES = {"PROMPT": ("methods", "the prompt module (the method)", "prompt_tuning.gin"),
+                "PROMPT_INIT": ("prompts", "the prompt initializer", "sampled_vocab.gin")}
+
+
+def unset_macro_message(name: str) -> str:
+  """One line for a macro the config uses but never sets."""
+  if name in _MACRO_FILES:
+    folder, what, example = _MACRO_FILES[name]
+    options = ", ".join(sorted(p.name for p in (GIN_DIR / folder).glob("*.gin")))
+    return (f"{name}, {what}, is not set: add one --gin_file={folder}/<file>.gin, e.g. "
+            f"--gin_file={folder}/{example} (shipped: {options}).")
+  return (f"Macro {name} is used but never set; set it with --gin.{name}=VALUE (see the "
+          "'Required' block at the top of the run file).")
 
 
 def _run(command: str) -> None:
@@ -110,7 +130,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
   from prompt_jax import runs
   from prompt_jax.checkpoints import CheckpointError
   from prompt_jax.data.sources import DataNotPreparedError
-  return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError)
+  from prompt_jax.prompts.initializers import PromptFileError
+  return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError,
+          PromptFileError)
 
 
 def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -47,8 +46,9 @@ from prompt_jax.checkpoints import load_pretrained, to_hf_state_dict
 from prompt_jax.data import skill_gym as gym
 from prompt_jax.demo_report import format_table, plot_learning_curve
 from prompt_jax.models import T5Config, T5Transformer
-from prompt_jax.models.decoding import greedy_decode
 from prompt_jax.prompts import Prompt, init_prompt_params, initializers
+from prompt_jax.prompts.effective import effective_prompt
+from prompt_jax.train import evaluation
 from prompt_jax.train import inputs
 from prompt_jax.train import optimizer as opt_lib
 from prompt_jax.train import trainer
@@ -67,7 +67,6 @@ ASCII_POPULATION = 3 + 128
 LAST_LINE = "demo: {skill} exact_match before={before:.2f} after={after:.2f}"
 
 Params = Any
-DecodeFn = Callable[[Params, np.ndarray], jax.Array]
 
 
 class DemoError(ValueError):
@@ -149,26 +148,6 @@ def register_data(bb: BackboneConfig, skill: str) -> dict[str, dict[str, int]]:
   return {"mixture": with_word, "prompt": {"inputs": letters + 1, "targets": targets}}
 
 
-def encode_inputs(texts: Sequence[str], length: int) -> np.ndarray:
-  """Byte-tokenizes texts with EOS, zero-padded: int32 [N, length]."""
-  out = np.zeros((len(texts), length), np.int32)
-  for i, text in enumerate(texts):
-    ids = gym.VOCAB.encode(text) + [gym.VOCAB.eos_id]
-    if len(ids) > length:
-      raise ValueError(f"Input {text!r} is {len(ids)} tokens; the evaluation length is {length}.")
-    out[i, :len(ids)] = ids
-  return out
-
-
-def decode_outputs(tokens: np.ndarray) -> list[str]:
-  """Decoded rows [N, T] (EOS, then 0 padding) -> stripped strings."""
-  out = []
-  for row in np.asarray(tokens).tolist():
-    ids = row[:row.index(gym.VOCAB.eos_id)] if gym.VOCAB.eos_id in row else row
-    out.append(gym.strip_postprocessor(gym.VOCAB.decode(ids)))
-  return out
-
-
 def eval_rows(bb: BackboneConfig, skill: str, split: str, n: int, *,
               with_word: bool) -> list[dict[str, str]]:
   """The first `n` examples of a split, generated as the backbone's tasks generate them."""
@@ -178,42 +157,28 @@ def eval_rows(bb: BackboneConfig, skill: str, split: str, n: int, *,
 
 
 # ---------------------------------------------------------------------------------------
-# Evaluation.
+# Evaluation: the library's evaluator on generated rows.
 
 
-@functools.lru_cache(maxsize=8)
-def make_decoder(model: T5Transformer, max_decode_length: int) -> DecodeFn:
-  """Jitted greedy decoding: (params, tokens [B, L]) -> tokens [B, T].
-
-  Cached per (model, T), and Flax modules compare by their fields, so equal models share
-  one jitted function and its compiled executables across calls in a process.
-  """
-  return jax.jit(functools.partial(greedy_decode, model, max_decode_length=max_decode_length))
+def as_examples(rows: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+  """Gym rows {"inputs", "targets"} -> evaluator examples (byte tokens + EOS, texts)."""
+  return [{"inputs": np.asarray(gym.VOCAB.encode(r["inputs"]) + [gym.VOCAB.eos_id], np.int32),
+           "inputs_pretokenized": r["inputs"].encode(),
+           "targets_pretokenized": r["targets"].encode()} for r in rows]
 
 
-def eval_model(config: T5Config, prompt_length: int) -> T5Transformer:
-  """The prompted model for decoding, with the default (unused) initializer: all equal."""
-  return T5Transformer(config, prompt=Prompt(prompt_length))
+def make_evaluator(model: Any, frozen: Params, task: str, rows: Sequence[Mapping[str, str]],
+                   lengths: Mapping[str, int], batch_size: int) -> evaluation.Evaluator:
+  """Greedy exact match of `task`'s metric on fixed rows (one compiled shape)."""
+  return evaluation.Evaluator(model, frozen, [task], split="", feature_lengths=lengths,
+                              batch_size=batch_size, examples={task: as_examples(rows)})
 
 
-def predict(decode: DecodeFn, params: Params, texts: Sequence[str], *, input_length: int,
-            batch_size: int) -> list[str]:
-  """Greedy predictions for texts, in fixed-shape batches (one compiled shape)."""
-  tokens = encode_inputs(texts, input_length)
-  padded = -(-len(texts) // batch_size) * batch_size
-  tokens = np.concatenate([tokens, np.zeros((padded - len(texts), input_length), np.int32)])
-  outputs = [np.asarray(decode(params, tokens[i:i + batch_size]))
-             for i in range(0, padded, batch_size)]
-  return decode_outputs(np.concatenate(outputs)[:len(texts)])
-
-
-def exact_match(decode: DecodeFn, params: Params, rows: Sequence[Mapping[str, str]], *,
-                input_length: int, batch_size: int) -> tuple[float, list[str]]:
-  """(Exact match of greedy predictions against targets, the predictions)."""
-  predictions = predict(decode, params, [r["inputs"] for r in rows],
-                        input_length=input_length, batch_size=batch_size)
-  score = gym.exact_match([r["targets"] for r in rows], predictions)["exact_match"]
-  return score, predictions
+def exact_match(ev: evaluation.Evaluator, trainable: Params) -> tuple[float, list[str]]:
+  """(Exact match in [0, 1] of the evaluator's task, the stripped predictions)."""
+  (task,) = ev.examples
+  result = ev.evaluate_task(trainable, task)
+  return result.metrics["exact_match"], [gym.strip_postprocessor(p) for p in result.predictions]
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,19 +267,17 @@ def ensure_backbone(bb: BackboneConfig, cache_root: pathlib.Path, lengths: Mappi
 
 def make_prompt(pc: PromptConfig, embedding: np.ndarray) -> Prompt:
   """A fresh prompt whose init draws on the frozen backbone's embedding table [V, D]."""
-  if pc.init == "sampled_vocab":
-    init = initializers.sampled_vocab(embedding, ASCII_POPULATION)
-  elif pc.init == "class_labels":
-    # The task word plays the class label: row 0 is the mean of its byte embeddings.
-    word = gym.get_skill(pc.skill).word
-    init = initializers.class_labels(embedding, [gym.VOCAB.encode(word)],
-                                     fallback=initializers.sampled_vocab(embedding,
-                                                                         ASCII_POPULATION))
-  elif pc.init == "random_uniform":
-    init = initializers.random_uniform()
-  else:
+  specs = {
+      "sampled_vocab": initializers.SampledVocab(ASCII_POPULATION),
+      # The task word plays the class label: row 0 is the mean of its byte embeddings.
+      "class_labels": initializers.ClassLabels((gym.get_skill(pc.skill).word,),
+                                               ASCII_POPULATION),
+      "random_uniform": initializers.RandomUniform(),
+  }
+  if pc.init not in specs:
     raise ValueError(f"Unknown prompt init {pc.init!r}; use one of {PROMPT_INITS}.")
-  return Prompt(pc.length, initializer=init)
+  return initializers.bind_initializers(Prompt(pc.length, initializer=specs[pc.init]),
+                                        initializers.Pretrained(embedding, gym.VOCAB))
 
 
 @dataclasses.dataclass
@@ -338,19 +301,21 @@ def tune_prompt(pc: PromptConfig, bb: BackboneConfig, model: T5Transformer, froz
   prompted = T5Transformer(model.config, prompt=prompt)
   init = {"prompt": init_prompt_params(prompt, jax.random.PRNGKey(pc.seed),
                                        model.config.d_model)}
-  decode = make_decoder(eval_model(model.config, pc.length), lengths["prompt"]["targets"])
-  validation = eval_rows(bb, pc.skill, "validation", pc.validation_examples, with_word=False)
+  # Evaluated as the exported prompt will be: a plain Prompt of the same shape (the bound
+  # initializer is not needed to apply), so this and the final eval share one compile.
+  validation = make_evaluator(
+      T5Transformer(model.config, prompt=Prompt(pc.length)), frozen, gym.task_name(pc.skill, with_word=False),
+      eval_rows(bb, pc.skill, "validation", pc.validation_examples, with_word=False),
+      eval_lengths(lengths), pc.eval_batch_size)
 
   def evaluator(trainable: Params, step: int) -> dict[str, float]:
     del step
-    score, _ = exact_match(decode, {**frozen, **trainable}, validation,
-                           input_length=lengths["mixture"]["inputs"],
-                           batch_size=pc.eval_batch_size)
-    return {"exact_match": score}
+    return {"exact_match": exact_match(validation, trainable)[0]}
 
   result = trainer.train(
-      prompted, frozen, init, rules=opt_lib.PROMPT_TUNING_RULES,
-      opt_config=opt_lib.OptimizerConfig(learning_rate=pc.learning_rate),
+      prompted, frozen, init, groups=opt_lib.ParamGroups(
+          opt_lib.PROMPT_TUNING_RULES,
+          {opt_lib.TRAINABLE: opt_lib.OptimizerConfig(learning_rate=pc.learning_rate)}),
       batches=inputs.batch_factory(gym.task_name(pc.skill, with_word=False), split="train",
                                    task_feature_lengths=lengths["prompt"],
                                    batch_size=pc.batch_size, seed=pc.seed),
@@ -362,8 +327,13 @@ def tune_prompt(pc: PromptConfig, bb: BackboneConfig, model: T5Transformer, froz
       evaluator=evaluator)
   best = model_dir / "prompts" / "prompt_best.npy"
   prompt_array = (initializers.load_npy_prompt(best) if best.exists()
-                  else np.asarray(result.trainable["prompt"]["prompt"]))
+                  else effective_prompt(prompted, result.trainable))
   return PromptRun(prompted, frozen, prompt_array, result)
+
+
+def eval_lengths(lengths: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+  """Inputs as long as the mixture's (with-word rows fit), targets as the prompt task's."""
+  return {"inputs": lengths["mixture"]["inputs"], "targets": lengths["prompt"]["targets"]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -427,12 +397,13 @@ def run_demo(bb: BackboneConfig, pc: PromptConfig, *, cache_root: pathlib.Path,
 
   t0 = time.perf_counter()
   model, frozen = load_pretrained(backbone_dir)
-  evaluate = functools.partial(exact_match, input_length=lengths["mixture"]["inputs"],
-                               batch_size=pc.eval_batch_size)
-  decode = make_decoder(model, lengths["prompt"]["targets"])
   test = {w: eval_rows(bb, pc.skill, "test", pc.test_examples, with_word=w) for w in (True, False)}
-  reference, _ = evaluate(decode, frozen, test[True])
-  before, before_predictions = evaluate(decode, frozen, test[False])
+  reference, _ = exact_match(make_evaluator(model, frozen, gym.task_name(pc.skill, True),
+                                            test[True], eval_lengths(lengths),
+                                            pc.eval_batch_size), {})
+  before, before_predictions = exact_match(
+      make_evaluator(model, frozen, gym.task_name(pc.skill, False), test[False],
+                     eval_lengths(lengths), pc.eval_batch_size), {})
   seconds["eval"] = time.perf_counter() - t0
   log(f"backbone on {pc.skill!r}: with task word {reference:.2f}, without (zero-shot) "
       f"{before:.2f}")
@@ -444,10 +415,11 @@ def run_demo(bb: BackboneConfig, pc: PromptConfig, *, cache_root: pathlib.Path,
   seconds["prompt"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  prompted_params = {**frozen, "prompt": {"prompt": jnp.asarray(run.prompt)}}
-  after, after_predictions = evaluate(
-      make_decoder(eval_model(model.config, pc.length), lengths["prompt"]["targets"]),
-      prompted_params, test[False])
+  # The exported prompt, evaluated as a user would: a plain Prompt holding its rows.
+  after, after_predictions = exact_match(
+      make_evaluator(T5Transformer(model.config, prompt=Prompt(pc.length)), frozen,
+                     gym.task_name(pc.skill, False), test[False], eval_lengths(lengths),
+                     pc.eval_batch_size), {"prompt": {"prompt": np.asarray(run.prompt)}})
   seconds["eval"] += time.perf_counter() - t0
   plot = model_dir / "learning_curve.png"
   plot_learning_curve(model_dir, plot, backbone_run=backbone_dir / "run",

@@ -15,6 +15,9 @@ from tests.conftest import T5X_TINY
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--gin_file=models/t5_1_1.gin", "--gin_file=models/sizes/tiny.gin"]
 TASK = "skill_gym_reverse_noword"
+# A complete prompt-tuning configuration: run file, method and initializer.
+PROMPT_RUN = ["--gin_file=runs/prompt_finetune.gin", "--gin_file=methods/prompt_tuning.gin",
+              "--gin_file=prompts/sampled_vocab.gin"]
 
 
 def _common(model_dir, extra_fn):
@@ -37,6 +40,7 @@ def _prompt_jax(*args, cwd):
 def test_train_eval_infer_end_to_end(tmp_path):
   run_dir, eval_dir, infer_dir = tmp_path / "run", tmp_path / "eval", tmp_path / "infer"
   proc = _prompt_jax("train", *TINY, "--gin_file=runs/prompt_finetune.gin",
+                     "--gin_file=methods/prompt_tuning.gin",
                      "--gin_file=prompts/sampled_vocab.gin", *_common(run_dir, "train"),
                      "--gin.TRAIN_STEPS=4", "--gin.PROMPT_LENGTH=3", "--gin.CHECKPOINT_PERIOD=2",
                      "--gin.EVAL_PERIOD=4", cwd=tmp_path)
@@ -69,24 +73,36 @@ def _main_error(capsys, *argv) -> str:
 
 
 def test_typo_in_gin_binding(capsys, tmp_path):
-  err = _main_error(capsys, "train", "--gin_file=runs/prompt_finetune.gin",
+  err = _main_error(capsys, "train", *PROMPT_RUN,
                     "--gin.trian.batch_size=3", *_common(tmp_path, "train"))
   assert "trian" in err and "Traceback" not in err
 
 
 def test_unset_required_macro(capsys):
-  err = _main_error(capsys, "train", "--gin_file=runs/prompt_finetune.gin")
+  err = _main_error(capsys, "train", "--gin_file=runs/prompt_finetune.gin",
+                    "--gin_file=methods/prompt_tuning.gin", "--gin_file=prompts/sampled_vocab.gin")
   assert "MODEL_DIR" in err and "--gin.NAME=VALUE" in err
 
 
+def test_unset_method_and_init_name_the_gin_folder_to_choose_from(capsys, tmp_path):
+  err = _main_error(capsys, "train", *TINY, "--gin_file=runs/prompt_finetune.gin",
+                    "--gin_file=prompts/sampled_vocab.gin", *_common(tmp_path, "train"))
+  assert "PROMPT" in err and "--gin_file=methods/prompt_tuning.gin" in err
+  assert "prompt_bank.gin" in err and "Traceback" not in err
+  err = _main_error(capsys, "train", *TINY, "--gin_file=runs/prompt_finetune.gin",
+                    "--gin_file=methods/prompt_tuning.gin", *_common(tmp_path, "train"))
+  assert "PROMPT_INIT" in err and "--gin_file=prompts/sampled_vocab.gin" in err
+  assert not (tmp_path / "config.gin").exists()  # Refused before anything was written.
+
+
 def test_unknown_task(capsys, tmp_path):
-  err = _main_error(capsys, "train", "--gin_file=runs/prompt_finetune.gin",
+  err = _main_error(capsys, "train", *PROMPT_RUN,
                     *_common(tmp_path, "train"), "--gin.MIXTURE_OR_TASK_NAME='glue_rte_typo'")
   assert "glue_rte_typo" in err and "prompt-jax tasks" in err
 
 
 def test_missing_checkpoint(capsys, tmp_path):
-  err = _main_error(capsys, "train", "--gin_file=runs/prompt_finetune.gin",
+  err = _main_error(capsys, "train", *PROMPT_RUN,
                     *_common(tmp_path / "run", "train"),
                     f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'nope'}'")
   assert "nope" in err and "INITIAL_CHECKPOINT_PATH" in err
@@ -94,7 +110,7 @@ def test_missing_checkpoint(capsys, tmp_path):
 
 def test_unprepared_dataset_fails_fast_with_the_prepare_command(capsys, tmp_path):
   start = time.time()
-  err = _main_error(capsys, "train", "--gin_file=runs/prompt_finetune.gin",
+  err = _main_error(capsys, "train", *PROMPT_RUN,
                     *_common(tmp_path / "run", "train"), "--gin.MIXTURE_OR_TASK_NAME='glue_rte'",
                     f"--tfds_data_dir={tmp_path / 'tfds'}")
   assert time.time() - start < 20
@@ -115,8 +131,8 @@ def test_missing_gin_file(capsys):
 
 
 def test_gin_file_order_does_not_matter(tmp_path):
-  files = ["models/t5_1_1.gin", "models/sizes/base.gin", "prompts/class_labels.gin",
-           "runs/prompt_finetune.gin"]
+  files = ["models/t5_1_1.gin", "models/sizes/base.gin", "methods/prompt_tuning.gin",
+           "prompts/class_labels.gin", "runs/prompt_finetune.gin"]
   binds = [f"MODEL_DIR='{tmp_path}'", "MIXTURE_OR_TASK_NAME='x'", "INITIAL_CHECKPOINT_PATH='y'",
            "CLASS_LABELS=['a', 'b']"]
   forward = cli.parse_gin(files, binds)

@@ -93,13 +93,11 @@ def test_bad_skill_is_one_clear_error(capsys):
   assert "Unknown skill 'revrese'" in err and "families:" in err
 
 
-def test_encode_decode_round_trip():
-  tokens = demo.encode_inputs(["reverse abc", "xy"], 12)
-  assert tokens.shape == (2, 12) and tokens.dtype == np.int32
-  assert tokens[1, 2] == gym.VOCAB.eos_id and not tokens[1, 3:].any()
-  assert demo.decode_outputs(tokens) == ["reverse abc", "xy"]
-  with pytest.raises(ValueError, match="evaluation length"):
-    demo.encode_inputs(["abcdefgh"], 4)
+def test_gym_rows_become_evaluator_examples():
+  (ex,) = demo.as_examples([{"inputs": "reverse abc", "targets": "cba"}])
+  assert ex["inputs"].dtype == np.int32 and ex["inputs"][-1] == gym.VOCAB.eos_id
+  assert gym.VOCAB.decode(ex["inputs"][:-1].tolist()) == "reverse abc"
+  assert ex["targets_pretokenized"] == b"cba"
 
 
 def test_backbone_key_tracks_settings():

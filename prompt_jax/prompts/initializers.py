@@ -162,7 +162,7 @@ def load_npy_prompt(path: str | pathlib.Path) -> np.ndarray:
   Raises:
     FileNotFoundError: no such file.
     PromptFileError: not a `.npy` file, a truncated one, an array of Python objects, a
-      non-floating dtype, not 2-D, or NaN / inf values (the message names the file).
+      non-floating dtype, not [P, D] / [T, P, D], or NaN / inf values (the message names the file).
   """
   path = pathlib.Path(path)
   if not path.exists():
@@ -175,8 +175,9 @@ def load_npy_prompt(path: str | pathlib.Path) -> np.ndarray:
   if not np.issubdtype(dtype, np.floating):
     raise PromptFileError(f"Prompt file {path} holds {dtype} values; a prompt is a "
                           f"floating-point array in embedding space: {_RESAVE}.")
-  if len(shape) != 2:
-    raise PromptFileError(f"Prompt file {path} has shape {shape}; a prompt is 2-D [P, D].")
+  if len(shape) not in (2, 3) or 0 in shape:
+    raise PromptFileError(f"Prompt file {path} has shape {shape}; a prompt is [P, D] (or "
+                          "[T, P, D] for a per-task export), with no empty dimension.")
   expected, found = int(np.prod(shape)) * dtype.itemsize, path.stat().st_size - offset
   if found != expected:
     raise PromptFileError(f"Prompt file {path} is truncated or damaged: its header promises "

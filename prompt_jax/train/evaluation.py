@@ -218,6 +218,17 @@ def decode_targets(tokens: np.ndarray, vocabulary: seqio.Vocabulary) -> list[str
   return out
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_predict(adapter: adapter_lib.ModelAdapter, max_decode_length: int):
+  """One jitted decoder per (adapter, T): equal adapters share compiled executables."""
+  return jax.jit(functools.partial(adapter.predict, max_decode_length=max_decode_length))
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_score(adapter: adapter_lib.ModelAdapter):
+  return jax.jit(adapter.score)
+
+
 class Evaluator:
   """Evaluates the trainable subtree of one model on fixed examples of several tasks.
 
@@ -242,9 +253,8 @@ class Evaluator:
     self.examples = ({t: list(examples[t]) for t in tasks} if examples is not None else
                      {t: load_examples(t, split, feature_lengths=self.lengths,
                                        max_examples=max_examples) for t in tasks})
-    self._decode = jax.jit(functools.partial(self.adapter.predict,
-                                             max_decode_length=self.lengths["targets"]))
-    self._score = jax.jit(self.adapter.score)
+    self._decode = _jitted_predict(self.adapter, self.lengths["targets"])
+    self._score = _jitted_score(self.adapter)
 
   def params(self, trainable: Any) -> Any:
     return opt_lib.merge_params(self.frozen, trainable)

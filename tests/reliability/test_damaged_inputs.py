@@ -325,7 +325,7 @@ def _truncated_npy(path: pathlib.Path) -> None:
     (lambda p: np.save(p, np.arange(12).reshape(3, 4)), ["holds int64 values",
                                                          "floating-point"]),
     (lambda p: np.save(p, np.ones((3, 4), bool)), ["holds bool values"]),
-    (lambda p: np.save(p, np.ones((2, 3, 4), np.float32)), ["shape (2, 3, 4)", "[P, D]"]),
+    (lambda p: np.save(p, np.ones((2, 3, 4, 5), np.float32)), ["shape (2, 3, 4, 5)", "[P, D]"]),
 ], ids=["random_bytes", "text", "empty", "npz", "object_array", "truncated", "bad_header",
         "int", "bool", "3d"])
 def test_garbage_prompt_file_is_named(tmp_path, no_pickle_loads, write, words):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from prompt_jax import data as data_lib
-from prompt_jax.data import evaluation
+from prompt_jax.train import evaluation
 from prompt_jax.models import T5Transformer
 from tests.data.data_helpers import mock_examples
+from tests.data.conftest import local_vocabularies, prepared  # noqa: F401  (fixtures)
 from tests.tiny import tiny_config
 
 
@@ -25,7 +26,7 @@ def test_generation_mode_postprocesses_then_scores():
   vocabulary = data_lib.get_vocabulary("t5")
   examples = [_example(vocabulary, f"mrpc sentence1: {i} sentence2: {i}", t)
               for i, t in enumerate(["equivalent", "equivalent", "not_equivalent", "equivalent"])]
-  result = data_lib.evaluate("glue_mrpc", examples, mode="generation",
+  result = evaluation.evaluate("glue_mrpc", examples, mode="generation",
                              predictions=["equivalent", b"not_equivalent", "not_equivalent",
                                           " equivalent "])
   # 3 of 4 right; positive class: TP 2, FN 1, FP 0 -> F1 = 0.8.
@@ -76,12 +77,12 @@ def test_rank_classification_mode_feeds_the_metrics():
               _example(vocabulary, "rte sentence1: c sentence2: d", "entailment")]
   prefers_not = lambda x, y: np.where(y[:, 0] == vocabulary.encode("not_entailment")[0],
                                       -1.0, -2.0)
-  result = data_lib.evaluate("glue_rte", examples, mode="rank_classification",
+  result = evaluation.evaluate("glue_rte", examples, mode="rank_classification",
                              score_fn=prefers_not, batch_size=3)
   assert result.predictions == ["not_entailment", "not_entailment"]
   assert result.metrics == {"accuracy": 0.0}
   with pytest.raises(ValueError, match="declares no label strings"):
-    data_lib.evaluate("squad", examples, mode="rank_classification", score_fn=prefers_not)
+    evaluation.evaluate("squad", examples, mode="rank_classification", score_fn=prefers_not)
 
 
 def _t5_log_likelihood(model, params, inputs, targets):
@@ -131,6 +132,6 @@ def test_rank_classification_with_a_tiny_t5_picks_the_most_likely_label():
 def test_load_examples_reads_a_split_in_order(prepared):
   examples = [{"sentence1": f"s{i}.", "sentence2": "h.", "label": 0, "idx": i} for i in range(3)]
   with mock_examples({"validation": examples}):
-    loaded = data_lib.load_examples("glue_rte_noprefix", "validation", max_examples=2)
+    loaded = evaluation.load_examples("glue_rte_noprefix", "validation", max_examples=2)
   assert [ex["inputs_pretokenized"] for ex in loaded] == [b"sentence1: s0. sentence2: h.",
                                                           b"sentence1: s1. sentence2: h."]
