@@ -27,9 +27,10 @@ def _common(model_dir, extra_fn):
           f"--gin.{extra_fn}.max{'_eval' if extra_fn == 'train' else ''}_examples=8"]
 
 
-def _prompt_jax(*args, cwd):
+def _prompt_jax(*args, cwd, extra_path=None):
   """Runs the CLI in a fresh process from an unrelated directory (shipped gin files)."""
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      str(p) for p in (REPO, extra_path) if p is not None)}
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run([sys.executable, "-m", "prompt_jax", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=600)

@@ -73,3 +73,66 @@ def test_adafactor_defaults_match_the_paper():
   assert isinstance(opt_lib.make_optimizer(cfg, opt_lib.PROMPT_TUNING_RULES),
                     optax.GradientTransformation)
   assert np.isclose(opt_lib.MODEL_TUNING_OPTIMIZER.learning_rate, 1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter groups.
+
+
+def _two_group_step(lr_a, lr_b):
+  import jax.numpy as jnp  # noqa: F401
+  from prompt_jax.train import builder
+  from tests.tiny import copy_task_batches
+  from tests.train.test_step import CFG, _setup
+  model, frozen, trainable = _setup()
+  params = opt_lib.merge_params(frozen, trainable)
+  groups = opt_lib.ParamGroups(
+      rules=((r"^prompt/", "prompt"), (r"^encoder/layers_0/mlp/", "mlp0"), (r".*", "frozen")),
+      optimizers={"prompt": opt_lib.OptimizerConfig(learning_rate=lr_a),
+                  "mlp0": opt_lib.OptimizerConfig(learning_rate=lr_b)})
+  train, frz = opt_lib.split_params(params, groups.labels(params))
+  setup = builder.build(model, groups, builder.make_mesh(1, jax.devices()[:1]),
+                        enable_dropout=False)
+  state = setup.init_state(train, seed=0)
+  frozen_dev = setup.put_frozen(frz)
+  state, _ = setup.step_fn(state, frozen_dev, next(copy_task_batches(0)))
+  return train, jax.device_get(state.params), frz, jax.device_get(frozen_dev), groups, params
+
+
+def test_groups_with_100x_learning_rates_move_100x_apart_and_frozen_stays_bitwise():
+  before, after, frz_before, frz_after, groups, params = _two_group_step(0.3, 0.003)
+  move = lambda path: float(np.abs(np.asarray(opt_lib._flat(after)[path])
+                                   - np.asarray(opt_lib._flat(before)[path])).mean())
+  prompt_move = move("prompt/prompt")
+  mlp_move = move("encoder/layers_0/mlp/wo/kernel")
+  assert prompt_move > 0 and mlp_move > 0
+  # Adafactor's first step is lr * (clipped) g / |g|; weight decay (1e-5 * w, not scaled by
+  # the learning rate) is the only other term.
+  np.testing.assert_allclose(prompt_move / mlp_move, 100.0, rtol=0.02)
+  for path, value in opt_lib._flat(frz_before).items():
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(opt_lib._flat(frz_after)[path]))
+  counts = groups.group_counts(params)
+  assert counts["prompt"] == 3 * 8 and counts["mlp0"] > 0 and counts["frozen"] > 0
+
+
+def test_param_groups_are_checked():
+  with pytest.raises(ValueError, match=r"\['scale'\] have rules but no optimizer"):
+    opt_lib.ParamGroups(((r"^prompt/scale", "scale"), (r".*", "frozen")), {})
+  with pytest.raises(ValueError, match="no rule names"):
+    opt_lib.ParamGroups(((r".*", "frozen"),), {"extra": opt_lib.OptimizerConfig()})
+  with pytest.raises(ValueError, match="bad regex"):
+    opt_lib.ParamGroups(((r"(", "a"),), {"a": opt_lib.OptimizerConfig()})
+  groups = opt_lib.ParamGroups(((r"^prompt/", "a"),), {"a": opt_lib.OptimizerConfig()})
+  with pytest.raises(ValueError, match=r"encoder/w"):
+    groups.labels({"prompt": {"p": np.zeros(2)}, "encoder": {"w": np.zeros(2)}})
+
+
+def test_deep_merge_of_a_split_prompt_subtree():
+  a = {"prompt": {"raw": np.zeros(2)}}
+  b = {"prompt": {"mix": np.ones(2)}, "encoder": {"w": np.ones(1)}}
+  merged = opt_lib.merge_params(a, b)
+  assert sorted(opt_lib._flat(merged)) == ["encoder/w", "prompt/mix", "prompt/raw"]
+  with pytest.raises(ValueError, match="prompt/raw"):
+    opt_lib.merge_params(a, a)
+  with pytest.raises(ValueError, match="leaf in one tree"):
+    opt_lib.merge_params({"prompt": np.zeros(1)}, {"prompt": {"x": np.zeros(1)}})
