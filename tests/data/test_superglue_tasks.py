@@ -129,3 +129,46 @@ def test_label_names_match_tfds_class_labels():
   assert data_lib.task_labels("super_glue_multirc") == ("False", "True")
   assert data_lib.task_labels("super_glue_wsc") is None  # Generation only.
   assert data_lib.task_labels("super_glue_cb_noprefix") == superglue.CB_LABELS
+
+
+# Corner cases, T5's strings as the t5 package writes them (test_t5_reference.py shares
+# the records): task -> (TFDS split = task split, record, T5 inputs, target).
+EDGE_CASES = {
+    # Only <br> and <b> are markup to T5: '<i>' stays; '<br>' anywhere (the answer too)
+    # becomes a space, and the spaces are not collapsed.
+    "multirc": ("validation",
+                {"paragraph": "<b>Sent 1: </b>It's <i>x</i>.<br> <b>Sent 2:</b> y<br><br>",
+                 "question": "<b>What</b> is it?", "answer": "x<br>y",
+                 "idx": {"paragraph": 3, "question": 9, "answer": 27}, "label": 0},
+                "multirc question: What is it? answer: x y paragraph: Sent 1: It's <i>x</i>.  "
+                "Sent 2: y  ", "False"),
+    # Every '@highlight' joining rule; an unanswered (test) query targets '<unk>'.
+    "record": ("test",
+               {"passage": "A.\n@highlight\nB?\n@highlight\nC!\n@highlight\nD'\n@highlight\nE",
+                "query": "Q @placeholder", "entities": ["A"], "answers": [],
+                "idx": {"passage": 1, "query": 2}},
+               "record query: Q @placeholder entities: A passage: A. B? C! D' E", "<unk>"),
+    # The second wsc.fixed text T5 special-cases: span2_index points at 'use', not 'it'.
+    "wsc": ("validation",
+            {"text": "When they had eventually calmed down a bit , and had gotten home, Mr. Farley "
+                     "put the magic pebble in an iron safe . Some day they might want to use it "
+                     ", but really for now, what more could they wish for?",
+             "span1_index": 0, "span1_text": "the magic pebble", "span2_index": 31,
+             "span2_text": "it", "label": 1, "idx": 3},
+            "wsc: When they had eventually calmed down a bit , and had gotten home, Mr. Farley "
+            "put the magic pebble in an iron safe . Some day they might want to use *it* , but "
+            "really for now, what more could they wish for?", "the magic pebble"),
+    # Field text is used as it is: tabs and newlines stay, unlabeled -> '<unk>'.
+    "boolq": ("test", {"question": "is it", "passage": "Yes\tno\n", "label": -1, "idx": 2},
+              "boolq passage: Yes\tno\n question: is it", "<unk>"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(EDGE_CASES))
+def test_super_glue_edge_cases_are_written_as_t5(prepared, task):
+  split, example, inputs, target = EDGE_CASES[task]
+  with mock_examples({split: [example]}):
+    with_prefix = run_task(f"super_glue_{task}", split)
+    without = run_task(f"super_glue_{task}_noprefix", split)
+  assert texts(with_prefix) == [(inputs, target)]
+  assert texts(without) == [(inputs.split(" ", 1)[1], target)]

@@ -36,7 +36,7 @@ t5_metrics = pytest.importorskip("t5.evaluation.metrics")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_jax.data import glue, preprocessors, registry, superglue
-from tests.data import test_glue_tasks, test_superglue_tasks
+from tests.data import test_glue_tasks, test_superglue_tasks, test_xlingual_transfer
 from tests.data.data_helpers import _signature, mock_examples, run_task, texts
 
 Record = Mapping[str, Any]
@@ -98,20 +98,14 @@ def _mrqa_reference(records: Sequence[Record]) -> list[tuple[str, str, list[str]
 # ------------------------------------------------------------------ records per task
 
 _GLUE_EXTRA = {
-    "cola": [{"sentence": "  Spaced   out , \"quoted\" ", "label": -1, "idx": 7}],
-    "mrpc": [{"sentence1": "Él dijo: «sí».", "sentence2": "", "label": 0, "idx": 1}],
     "stsb": [{"sentence1": "A.", "sentence2": "B.", "label": s, "idx": i}
              for i, s in enumerate([3.86, 4.95, 0.0, 1.05, 2.5])],
 }
 
 _SG_EXTRA = {
-    "multirc": [{"paragraph": "<b>Sent 1: </b>It's <i>x</i>.<br> <b>Sent 2:</b> y<br><br>",
-                 "question": "<b>What</b> is it?", "answer": "x<br>y",
-                 "idx": {"paragraph": 3, "question": 9, "answer": 27}, "label": 0}],
-    "record": [{"passage": "A.\n@highlight\nB?\n@highlight\nC!\n@highlight\nD'\n@highlight\nE",
-                "query": "Q @placeholder", "entities": ["A"], "answers": [],
-                "idx": {"passage": 1, "query": 2}}],
-    "wsc": [
+    "multirc": [test_superglue_tasks.EDGE_CASES["multirc"][1]],
+    "record": [test_superglue_tasks.EDGE_CASES["record"][1]],
+    "wsc": [test_superglue_tasks.EDGE_CASES["wsc"][1]] + [
         {"text": text, "span1_index": 0, "span1_text": "Ann", "span2_index": index,
          "span2_text": pronoun, "label": label, "idx": i}
         for i, (text, index, pronoun, label) in enumerate([
@@ -121,7 +115,7 @@ _SG_EXTRA = {
             (list(preprocessors.WSC_KNOWN_BAD_SPANS)[1], 31, "it", 0),
             ("Ann , who met Bea , said she (really) won.", 7, "she", -1),
         ])],
-    "boolq": [{"question": "is it", "passage": "Yes\tno\n", "label": -1, "idx": 2}],
+    "boolq": [test_superglue_tasks.EDGE_CASES["boolq"][1]],
     "axb": [{"sentence1": "S1 .", "sentence2": "S2 !", "label": 0, "idx": 4}],
 }
 
@@ -129,6 +123,8 @@ _SG_EXTRA = {
 def _glue_cases():
   for task, (tfds_split, split, example, _, _) in test_glue_tasks.CASES.items():
     yield f"glue_{task}", glue.GLUE_TASKS[task].tfds_name, tfds_split, split, [example]
+  for task, split, example, _, _ in test_glue_tasks.EDGE_CASES:
+    yield f"glue_{task}", glue.GLUE_TASKS[task].tfds_name, split, split, [example]
   for task, records in _GLUE_EXTRA.items():
     yield f"glue_{task}", glue.GLUE_TASKS[task].tfds_name, "validation", "validation", records
 
@@ -198,6 +194,9 @@ _SQUAD_RECORDS = [
      "answers": {"text": ["Paris", "Paris, France."], "answer_start": [4, 4]}},
     {"question": "Who—\"really\"—won in 1999/2000?", "context": "O’Neil won ($5; 50%)…",
      "id": "b", "title": "T", "answers": {"text": ["O’Neil"], "answer_start": [0]}},
+    # No-break space: T5's SQuAD collapses only ASCII whitespace (unlike the MRQA path).
+    {"question": "Q:\tx", "context": "a\u00a0b (c)", "id": "c", "title": "T",
+     "answers": {"text": ["b (c)", "c"], "answer_start": [2, 5]}},
 ]
 
 
@@ -210,6 +209,7 @@ def test_squad_strings_equal_t5s(prepared):
 
 
 _MRQA_RECORDS = [
+    test_xlingual_transfer.MRQA_EXAMPLE,
     {"question": "Who did\nit?", "context": "[TLE] Title [PAR] Ann\u00a0 did\u2009it.\t[SEP]",
      "answers": ["Ann", "ann."], "detected_answers": {"text": ["Ann\u3000"]}},
     {"question": "Why\r\n(not)?", "context": "[DOC] [TLE] X [PAR] Because\x0bof\x1cit.",

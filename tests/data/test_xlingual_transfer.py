@@ -147,6 +147,15 @@ def test_squad_is_punctuation_spaced_as_t5(prepared):
   assert [a.decode() for a in out[0]["answers"]] == ["Paris", "Paris , France . "]
 
 
+def test_squad_spaces_only_ascii_punctuation(prepared):
+  example = {"question": "Who—\"really\"—won in 1999/2000?", "context": "O’Neil won ($5; 50%)…",
+             "id": "b", "title": "T", "answers": {"text": ["O’Neil"], "answer_start": [0]}}
+  with mock_examples({"validation": [example]}):
+    out = run_task("squad", "validation")
+  assert texts(out) == [("question: Who— \" really \" —won in 1999 / 2000 ? context: O’Neil "
+                         "won ( $ 5 ; 50 % ) …", "O’Neil")]
+
+
 def test_paraphrase_transfer_maps_fields_and_labels(prepared):
   mrpc = {"sentence1": "He left.", "sentence2": "He went.", "label": 1, "idx": 0}
   qqp = {"question1": "Why?", "question2": "How?", "label": 0, "idx": 0}
