@@ -83,14 +83,17 @@ def _python_whitespace(text: str) -> str:
 def _mrqa_reference(records: Sequence[Record]) -> list[tuple[str, str, list[str]]]:
   """The prompt-tuning repository's MRQA pipeline: its jsonl -> tsv whitespace step in
   Python, then T5's `_pad_punctuation` / `_string_join` as its `preprocess_tsv_to_qa`."""
+  pad = t5_pre._pad_punctuation  # pylint: disable=protected-access
+  join = t5_pre._string_join  # pylint: disable=protected-access
+
+  def prepare(text: str) -> tf.Tensor:
+    return pad(_python_whitespace(text))
+
   out = []
   for r in records:
-    question = t5_pre._pad_punctuation(_python_whitespace(r["question"]))  # pylint: disable=protected-access
-    context = t5_pre._pad_punctuation(_python_whitespace(r["context"]))  # pylint: disable=protected-access
-    answer = t5_pre._pad_punctuation(_python_whitespace(r["detected_answers"]["text"][0]))  # pylint: disable=protected-access
-    answers = [t5_pre._pad_punctuation(_python_whitespace(a)).numpy().decode()  # pylint: disable=protected-access
-               for a in r["answers"]]
-    inputs = t5_pre._string_join(["question:", question, "context:", context])  # pylint: disable=protected-access
+    answer = prepare(r["detected_answers"]["text"][0])
+    answers = [prepare(a).numpy().decode() for a in r["answers"]]
+    inputs = join(["question:", prepare(r["question"]), "context:", prepare(r["context"])])
     out.append((inputs.numpy().decode(), answer.numpy().decode(), answers))
   return out
 

@@ -148,8 +148,9 @@ def test_squad_is_punctuation_spaced_as_t5(prepared):
 
 
 def test_squad_spaces_only_ascii_punctuation(prepared):
-  example = {"question": "Who—\"really\"—won in 1999/2000?", "context": "O’Neil won ($5; 50%)…",
-             "id": "b", "title": "T", "answers": {"text": ["O’Neil"], "answer_start": [0]}}
+  example = {"question": "Who—\"really\"—won in 1999/2000?",
+             "context": "O’Neil won ($5; 50%)…", "id": "b", "title": "T",
+             "answers": {"text": ["O’Neil"], "answer_start": [0]}}
   with mock_examples({"validation": [example]}):
     out = run_task("squad", "validation")
   assert texts(out) == [("question: Who— \" really \" —won in 1999 / 2000 ? context: O’Neil "
