@@ -73,9 +73,11 @@ def test_stsb_targets_are_rounded_to_a_fifth(prepared):
               for i, score in enumerate([3.86, 4.95, 0.0, 1.05, 2.5])]
   with mock_examples({"validation": examples}):
     out = run_task("glue_stsb", "validation")
+    bare = run_task("glue_stsb_noprefix", "validation")
   # 2.5 * 5 = 12.5 rounds half to even (tf.round, as T5): '2.4'.
   assert [t for _, t in texts(out)] == ["3.8", "5.0", "0.0", "1.0", "2.4"]
   assert texts(out)[0][0] == "stsb sentence1: A. sentence2: B."
+  assert texts(bare)[0] == ("sentence1: A. sentence2: B.", "3.8")
 
 
 def test_label_names_match_tfds_class_labels():
