@@ -54,6 +54,12 @@ setuptools.setup(
             "peft",
         ],
         "bench": ["torch==2.13.0", "transformers", "peft", "safetensors"],
+        # tests/data/test_t5_reference.py compares formats and metrics with the `t5`
+        # package. t5 itself must go in with --no-deps (its own requirements pull
+        # mesh-tensorflow, transformers and nightly seqio / tfds), so this extra lists only
+        # what its `t5.data` / `t5.evaluation` modules import on top of ours:
+        #   pip install -e '.[t5ref]' && pip install --no-deps t5==0.9.4
+        "t5ref": ["babel", "editdistance", "rouge-score", "sacrebleu"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

@@ -5,6 +5,10 @@ and `glue_<task>_noprefix` (the same text without it), for cola, sst2, mrpc, qqp
 mnli (validation / test = matched), mnli_mismatched (evaluation only), qnli, rte, wnli and
 ax (the diagnostic, unlabeled test only, written as MNLI). Mixtures `glue` /
 `glue_noprefix`: the nine training tasks, example-proportional.
+
+Inputs, targets and metrics are T5's (`t5.data.glue_utils`): fields sorted by feature
+name, STS-B rounded to 0.2, MRPC / QQP F1 with invalid predictions counted wrong, CoLA's
+Matthews correlation with one class for all invalid outputs. CoLA also reports accuracy.
 """
 
 from __future__ import annotations
@@ -78,17 +82,19 @@ _S1_S2 = (("sentence1", "sentence1"), ("sentence2", "sentence2"))
 _HYP_PREM = (("hypothesis", "hypothesis"), ("premise", "premise"))
 MNLI_LABELS = ("entailment", "neutral", "contradiction")
 ENTAILMENT_LABELS = ("entailment", "not_entailment")
+COLA_LABELS = ("unacceptable", "acceptable")
 
 GLUE_TASKS: dict[str, KvTask] = {t.name: t for t in (
     KvTask("cola", _glue("cola"), "cola", (("sentence", "sentence"),),
-           ("unacceptable", "acceptable"), (m.matthews_corr, m.accuracy),
+           COLA_LABELS, (m.matthews_corrcoef_for(COLA_LABELS), m.accuracy),
            description="CoLA acceptability (Matthews corr.)"),
     KvTask("sst2", _glue("sst2"), "sst2", (("sentence", "sentence"),),
            ("negative", "positive"), (m.accuracy,), description="SST-2 sentiment"),
     KvTask("mrpc", _glue("mrpc"), "mrpc", _S1_S2, ("not_equivalent", "equivalent"),
-           (m.accuracy, m.f1_for("equivalent")), description="MRPC paraphrase (acc., F1)"),
+           (m.accuracy, m.f1_for("equivalent", "not_equivalent")),
+           description="MRPC paraphrase (acc., F1)"),
     KvTask("qqp", _glue("qqp"), "qqp", (("question1", "question1"), ("question2", "question2")),
-           ("not_duplicate", "duplicate"), (m.accuracy, m.f1_for("duplicate")),
+           ("not_duplicate", "duplicate"), (m.accuracy, m.f1_for("duplicate", "not_duplicate")),
            description="QQP duplicate questions (acc., F1)"),
     KvTask("stsb", _glue("stsb"), "stsb", _S1_S2, None, (m.pearson_spearman,),
            description="STS-B similarity, targets rounded to 0.2 (Pearson, Spearman)"),

@@ -350,13 +350,13 @@ def strip_postprocessor(output: str | bytes, example: Mapping | None = None,
 
 
 def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-  """{"exact_match": fraction in [0, 1] of predictions equal to their target}."""
+  """{"exact_match": percent (0-100) of predictions equal to their target}."""
   if len(targets) != len(predictions):
     raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions.")
   if not targets:
     return {"exact_match": 0.0}
   hits = sum(t == p for t, p in zip(targets, predictions))
-  return {"exact_match": hits / len(targets)}
+  return {"exact_match": 100 * hits / len(targets)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """Domain-transfer splits: SQuAD -> MRQA out-of-domain, and QQP <-> MRPC.
 
-Question answering (Lester et al. section 7): train `squad` (TFDS `squad/v1.1`, inputs
-'question: Q context: C', target the first gold answer), evaluate zero-shot on
-`mrqa_<domain>` for TextbookQA, BioASQ, RACE, RE, DuoRC and DROP (TFDS `mrqa`; their dev
-sets are TFDS' 'test' split, exposed here as 'validation'; the [PAR] / [TLE] / [DOC] / [SEP]
-markers of MRQA contexts become spaces). EM / F1 take the max over gold answers. Mixtures:
-`mrqa_ood` (the six) and `mrqa_transfer` (squad + the six).
+Question answering (Lester et al. section 7): train `squad` (TFDS `squad/v1.1`, T5's
+`squad` format: 'question: Q context: C' with punctuation spaced out, target the first gold
+answer spaced the same way), evaluate zero-shot on `mrqa_<domain>` for TextbookQA, BioASQ,
+RACE, RE, DuoRC and DROP (TFDS `mrqa`; their dev sets are TFDS' 'test' split, exposed here
+as 'validation'; formatted as the reference repository's MRQA preprocessing: whitespace
+normalised, punctuation spaced, [PAR]-style markers kept, target the first detected
+answer). `..._noprefix` variants drop the first word ('question:'). EM / F1 (T5's 'em',
+'f1', SQuAD v1.1 rules) take the max over gold answers. Mixtures: `mrqa_ood` (the six) and
+`mrqa_transfer` (squad + the six), each also `..._noprefix`.
 
 Paraphrase transfer: `transfer_mrpc_as_qqp` is MRPC written exactly like a QQP example
 ('question1: ... question2: ...') with its labels mapped into QQP's label space
@@ -31,22 +34,37 @@ MRQA_OUT_OF_DOMAIN = ("textbook_qa", "bio_asq", "race", "relation_extraction", "
 MRPC_TO_QQP = {"not_equivalent": "not_duplicate", "equivalent": "duplicate"}
 
 
-def squad_spec() -> TaskSpec:
+def _suffix(use_prefix: bool) -> str:
+  return "" if use_prefix else "_noprefix"
+
+
+def squad_spec(use_prefix: bool = True) -> TaskSpec:
+  """SQuAD v1.1 in T5's format (`squad`, `squad_noprefix`)."""
   return TaskSpec(
-      name="squad",
+      name="squad" + _suffix(use_prefix),
       make_source=tfds_source_factory(SQUAD_TFDS, {"train": "train",
                                                    "validation": "validation"}),
-      preprocessors=(pre.question_answering(None, "answers/text"),),
+      preprocessors=(pre.squad(use_prefix),),
       postprocess_fn=post.qa_answers, metric_fns=(m.qa_em_f1,),
-      tfds_datasets=(SQUAD_TFDS,), description="SQuAD v1.1 (EM, F1)")
+      tfds_datasets=(SQUAD_TFDS,),
+      description="SQuAD v1.1 (EM, F1)" + ("" if use_prefix else " (no first word)"))
 
 
-def mrqa_spec(domain: str) -> TaskSpec:
+def mrqa_spec(domain: str, use_prefix: bool = True, *, strip_markers: bool = False,
+              name: str | None = None) -> TaskSpec:
+  """One MRQA out-of-domain dev set in the reference repository's format.
+
+  Args:
+    domain: TFDS `mrqa` config ('drop', ...).
+    use_prefix: keep the first word ('question:').
+    strip_markers: non-default; drop the [PAR] / [TLE] / [DOC] / [SEP] context markers.
+    name: registered name (default `mrqa_<domain>[_noprefix]`).
+  """
   tfds_name = f"mrqa/{domain}:{MRQA_VERSION}"
   return TaskSpec(
-      name=f"mrqa_{domain}",
+      name=name or f"mrqa_{domain}" + _suffix(use_prefix),
       make_source=tfds_source_factory(tfds_name, {"validation": "test"}),
-      preprocessors=(pre.question_answering(None, "answers", clean_context=True),),
+      preprocessors=(pre.mrqa(use_prefix, strip_markers=strip_markers),),
       postprocess_fn=post.qa_answers, metric_fns=(m.qa_em_f1,),
       tfds_datasets=(tfds_name,), description=f"MRQA {domain} dev (zero-shot from SQuAD)")
 
@@ -62,12 +80,14 @@ def _as_other(data: KvTask, shown_as: KvTask, name: str, description: str) -> Ta
 
 def register_transfer() -> None:
   """Registers the MRQA and QQP <-> MRPC transfer tasks and mixtures."""
-  add_task(squad_spec())
-  ood = [add_task(mrqa_spec(d)) for d in MRQA_OUT_OF_DOMAIN]
-  add_mixture(MixtureSpec("mrqa_ood", tuple((t, 1.0) for t in ood),
-                          description="MRQA out-of-domain dev sets"))
-  add_mixture(MixtureSpec("mrqa_transfer", (("squad", 1.0),) + tuple((t, 1.0) for t in ood),
-                          description="train SQuAD, evaluate MRQA out-of-domain"))
+  for use_prefix in (True, False):
+    squad = add_task(squad_spec(use_prefix))
+    ood = [add_task(mrqa_spec(d, use_prefix)) for d in MRQA_OUT_OF_DOMAIN]
+    add_mixture(MixtureSpec("mrqa_ood" + _suffix(use_prefix), tuple((t, 1.0) for t in ood),
+                            description="MRQA out-of-domain dev sets"))
+    add_mixture(MixtureSpec("mrqa_transfer" + _suffix(use_prefix),
+                            ((squad, 1.0),) + tuple((t, 1.0) for t in ood),
+                            description="train SQuAD, evaluate MRQA out-of-domain"))
   qqp, mrpc = GLUE_TASKS["qqp"], GLUE_TASKS["mrpc"]
   assert tuple(MRPC_TO_QQP) == mrpc.labels and tuple(MRPC_TO_QQP.values()) == qqp.labels
   add_task(_as_other(mrpc, qqp, "transfer_mrpc_as_qqp",

@@ -55,7 +55,7 @@ def xnli_spec(language: str, vocabulary: str = "mt5") -> TaskSpec:
       preprocessors=(pre.select_xnli_language(language),
                      pre.classification(None, _HYP_PREM, MNLI_LABELS, keep=("label",))),
       postprocess_fn=post.string_label,
-      metric_fns=(m.accuracy, m.macro_f1_for(MNLI_LABELS)), labels=MNLI_LABELS,
+      metric_fns=(m.accuracy, m.mean_class_f1_for(MNLI_LABELS)), labels=MNLI_LABELS,
       tfds_datasets=(XNLI_TFDS,), vocabulary=vocabulary,
       description=f"XNLI {language} (zero-shot evaluation)")
 
@@ -152,7 +152,7 @@ def _sib200_spec(name: str, source: seqio.DataSource, vocabulary: str, descripti
       name=name, make_source=lambda _name: source,
       preprocessors=(pre.raw_text_classification("text", "verbalizer"),),
       postprocess_fn=post.string_label,
-      metric_fns=(m.accuracy, m.macro_f1_for(SIB200_LABELS)), labels=SIB200_LABELS,
+      metric_fns=(m.accuracy, m.mean_class_f1_for(SIB200_LABELS)), labels=SIB200_LABELS,
       vocabulary=vocabulary, description=description)
 
 
@@ -219,11 +219,12 @@ def language_table(results: Mapping[str, tuple[Sequence[str], Sequence[str]]],
   Returns:
     Rows (languages in the given order, then 'average') and the rows as a text table.
   """
-  macro_f1 = m.macro_f1_for(labels)
+  macro_f1 = m.mean_class_f1_for(labels)
+  key = f"mean_{len(labels)}class_f1"
   rows = []
   for lang, (targets, predictions) in results.items():
     rows.append(LanguageRow(lang, len(targets), m.accuracy(targets, predictions)["accuracy"],
-                            macro_f1(targets, predictions)["macro_f1"]))
+                            macro_f1(targets, predictions)[key]))
   if rows:
     rows.append(LanguageRow("average", sum(r.examples for r in rows),
                             float(np.mean([r.accuracy for r in rows])),

@@ -1,4 +1,8 @@
-"""GLUE tasks through their preprocessors on mocked TFDS data (real feature specs)."""
+"""GLUE tasks through their preprocessors on mocked TFDS data (real feature specs).
+
+The expected strings are T5's (test_t5_reference.py recomputes them with the `t5` package
+when it is installed); the no-prefix flavour is T5's string minus its first word.
+"""
 
 import pytest
 import tensorflow_datasets as tfds
@@ -66,11 +70,14 @@ def test_glue_formats_with_and_without_prefix(prepared, task):
 
 def test_stsb_targets_are_rounded_to_a_fifth(prepared):
   examples = [{"sentence1": "A.", "sentence2": "B.", "label": score, "idx": i}
-              for i, score in enumerate([3.86, 4.95, 0.0, 1.05])]
+              for i, score in enumerate([3.86, 4.95, 0.0, 1.05, 2.5])]
   with mock_examples({"validation": examples}):
     out = run_task("glue_stsb", "validation")
-  assert [t for _, t in texts(out)] == ["3.8", "5.0", "0.0", "1.0"]
+    bare = run_task("glue_stsb_noprefix", "validation")
+  # 2.5 * 5 = 12.5 rounds half to even (tf.round, as T5): '2.4'.
+  assert [t for _, t in texts(out)] == ["3.8", "5.0", "0.0", "1.0", "2.4"]
   assert texts(out)[0][0] == "stsb sentence1: A. sentence2: B."
+  assert texts(bare)[0] == ("sentence1: A. sentence2: B.", "3.8")
 
 
 def test_label_names_match_tfds_class_labels():
@@ -80,3 +87,22 @@ def test_label_names_match_tfds_class_labels():
     builder = tfds.builder(task.tfds_name.split(":")[0])
     assert tuple(builder.info.features["label"].names) == task.labels, task.name
     assert data_lib.task_labels(f"glue_{task.name}") == task.labels
+
+
+EDGE_CASES = [  # (task, TFDS split = task split, record, T5 inputs, target)
+    # Text is used as it is (no stripping or collapsing); unlabeled -> '<unk>'.
+    ("cola", "test", {"sentence": "  Spaced   out , \"quoted\" ", "label": -1, "idx": 7},
+     "cola sentence:   Spaced   out , \"quoted\" ", "<unk>"),
+    ("mrpc", "validation",
+     {"sentence1": "Él dijo: «sí».", "sentence2": "", "label": 0, "idx": 1},
+     "mrpc sentence1: Él dijo: «sí». sentence2: ", "not_equivalent"),
+]
+
+
+@pytest.mark.parametrize("task, split, example, inputs, target", EDGE_CASES)
+def test_glue_edge_cases_are_written_as_t5(prepared, task, split, example, inputs, target):
+  with mock_examples({split: [example]}):
+    with_prefix = run_task(f"glue_{task}", split)
+    without = run_task(f"glue_{task}_noprefix", split)
+  assert texts(with_prefix) == [(inputs, target)]
+  assert texts(without) == [(inputs.split(" ", 1)[1], target)]

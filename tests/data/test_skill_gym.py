@@ -216,7 +216,7 @@ def test_feature_lengths_bound_every_example():
 def test_metric_and_postprocessor():
   assert gym.strip_postprocessor(b" abc \n") == "abc"
   assert gym.strip_postprocessor(" abc", is_target=True) == "abc"
-  assert gym.exact_match(["ab", "cd"], ["ab", "dc"]) == {"exact_match": 0.5}
+  assert gym.exact_match(["ab", "cd"], ["ab", "dc"]) == {"exact_match": 50.0}
   task = seqio.get_mixture_or_task("skill_gym_reverse")
   assert task.postprocess_fn(" cba ") == "cba"
   with pytest.raises(ValueError):

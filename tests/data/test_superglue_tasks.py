@@ -1,4 +1,9 @@
-"""SuperGLUE tasks through their preprocessors on mocked TFDS data (real feature specs)."""
+"""SuperGLUE tasks through their preprocessors on mocked TFDS data (real feature specs).
+
+The expected strings are T5's, as the `t5` package (0.9.4) writes them for these records
+(test_t5_reference.py recomputes them with it when it is installed); the no-prefix
+flavour is T5's string minus its first word.
+"""
 
 import pytest
 import tensorflow_datasets as tfds
@@ -21,17 +26,22 @@ CASES = {
               "question": "cause", "label": 0, "idx": 0},
              "copa choice1: He slipped. choice2: He sang. premise: The man fell. "
              "question: cause", "choice1"),
+    # T5's order (question, answer, paragraph); '<br>' -> ' ', bold tags deleted even where
+    # they touch a word, from the question too; whitespace is left as it is.
     "multirc": ("validation", "validation",
-                {"paragraph": "<b>Sent 1: </b>Ann ran.<br>", "question": "Who ran?",
-                 "answer": "Ann", "idx": {"paragraph": 0, "question": 1, "answer": 2},
-                 "label": 1},
-                "multirc answer: Ann paragraph: Sent 1: Ann ran. question: Who ran?", "True"),
+                {"paragraph": "<b>Sent 1: </b>Ann ran.<br><b>Sent 2: </b>Bob <b>x</b>y   z.<br>",
+                 "question": "Who <b>ran</b>?", "answer": "Ann",
+                 "idx": {"paragraph": 0, "question": 1, "answer": 2}, "label": 1},
+                "multirc question: Who ran? answer: Ann paragraph: Sent 1: Ann ran. Sent 2: Bob "
+                "xy   z. ", "True"),
+    # '@highlight' lines: after . ? ! " ' joined with a space, otherwise with '. '.
     "record": ("validation", "validation",
-               {"passage": "Ann met Bob.\n@highlight\nThey talked", "query": "@placeholder met Bob",
+               {"passage": "Ann met Bob.\n@highlight\nThey talked\n@highlight\nIt \"rained\""
+                           "\n@highlight\nEnd", "query": "@placeholder met Bob",
                 "entities": ["Ann", "Bob"], "answers": ["Ann", "Ann."],
                 "idx": {"passage": 0, "query": 0}},
-               "record query: @placeholder met Bob entities: Ann, Bob passage: Ann met Bob. - "
-               "They talked", "Ann"),
+               "record query: @placeholder met Bob entities: Ann, Bob passage: Ann met Bob. They "
+               "talked. It \"rained\" End", "Ann"),
     "rte": ("train", "train", {"premise": "P.", "hypothesis": "H.", "label": 0, "idx": 0},
             "rte hypothesis: H. premise: P.", "entailment"),
     "wic": ("validation", "validation",
@@ -41,8 +51,8 @@ CASES = {
     "wsc": ("validation", "validation",
             {"text": WSC_TEXT, "span1_index": 0, "span1_text": "Mark", "span2_index": 12,
              "span2_text": "his", "label": 0, "idx": 0},
-            "wsc text: Mark told Pete many lies about himself , which Pete included in *his* "
-            "book .", "Mark"),
+            "wsc: Mark told Pete many lies about himself , which Pete included in *his* book .",
+            "Mark"),
     "axb": ("test", "test", {"sentence1": "S1.", "sentence2": "S2.", "label": 1, "idx": 0},
             "rte hypothesis: S2. premise: S1.", "not_entailment"),
     "axg": ("test", "test", {"premise": "P.", "hypothesis": "H.", "label": 0, "idx": 0},
@@ -75,12 +85,30 @@ def test_wsc_training_keeps_only_true_referents(prepared):
   assert [t for _, t in texts(validation)] == ["Mark", "Pete"]
 
 
-def test_wsc_marks_multi_word_pronoun_spans(prepared):
-  example = {"text": "I saw the dog and it barked .", "span1_index": 2, "span1_text": "the dog",
-             "span2_index": 4, "span2_text": "and it", "label": 1, "idx": 0}
-  with mock_examples({"validation": [example]}):
+def test_wsc_special_cases_the_texts_whose_pronoun_index_is_wrong(prepared):
+  # In wsc.fixed, span2_index of this text points past the pronoun ('him,"' is one word);
+  # T5 writes the text re-spaced with the pronoun marked, whatever the index says.
+  text = ("The boy continued to whip the pony , and eventually the pony threw him over. John "
+          "laughed out quite loud. \"Good for him,\" he said. ")
+  example = {"text": text, "span1_index": 1, "span1_text": "The boy", "span2_index": 22,
+             "span2_text": "him", "label": 1, "idx": 0}
+  other = dict(example, text="Ann told Bea she won .", span2_index=3, span2_text="she", idx=1)
+  with mock_examples({"validation": [example, other]}):
     out = run_task("super_glue_wsc_noprefix", "validation")
-  assert texts(out) == [("text: I saw the dog *and it* barked .", "the dog")]
+  assert texts(out) == [
+      ("The boy continued to whip the pony , and eventually the pony threw him over. John "
+       "laughed out quite loud. \"Good for *him* ,\" he said.", "The boy"),
+      ("Ann told Bea *she* won .", "The boy")]
+
+
+def test_wsc_marks_as_t5_at_the_edges(prepared):
+  # Pronoun as last word: T5's 'left X right' join leaves a trailing space; a literal
+  # word 'X' elsewhere in the text is marked too (T5 marks every ' X ').
+  example = {"text": "Pete saw X and Mark saw him", "span1_index": 0, "span1_text": "Pete",
+             "span2_index": 6, "span2_text": "him", "label": 0, "idx": 0}
+  with mock_examples({"validation": [example]}):
+    out = run_task("super_glue_wsc", "validation")
+  assert texts(out) == [("wsc: Pete saw *him* and Mark saw *him* ", "Pete")]
 
 
 def test_record_training_has_one_example_per_answer(prepared):
@@ -89,6 +117,7 @@ def test_record_training_has_one_example_per_answer(prepared):
     train = run_task("super_glue_record_noprefix", "train")
     validation = run_task("super_glue_record_noprefix", "validation")
   assert [t for _, t in texts(train)] == ["Ann", "Ann."]
+  assert {i for i, _ in texts(train)} == {texts(validation)[0][0]}
   assert len(validation) == 1
   assert [a.decode() for a in validation[0]["answers"]] == ["Ann", "Ann."]
 
@@ -100,3 +129,46 @@ def test_label_names_match_tfds_class_labels():
   assert data_lib.task_labels("super_glue_multirc") == ("False", "True")
   assert data_lib.task_labels("super_glue_wsc") is None  # Generation only.
   assert data_lib.task_labels("super_glue_cb_noprefix") == superglue.CB_LABELS
+
+
+# Corner cases, T5's strings as the t5 package writes them (test_t5_reference.py shares
+# the records): task -> (TFDS split = task split, record, T5 inputs, target).
+EDGE_CASES = {
+    # Only <br> and <b> are markup to T5: '<i>' stays; '<br>' anywhere (the answer too)
+    # becomes a space, and the spaces are not collapsed.
+    "multirc": ("validation",
+                {"paragraph": "<b>Sent 1: </b>It's <i>x</i>.<br> <b>Sent 2:</b> y<br><br>",
+                 "question": "<b>What</b> is it?", "answer": "x<br>y",
+                 "idx": {"paragraph": 3, "question": 9, "answer": 27}, "label": 0},
+                "multirc question: What is it? answer: x y paragraph: Sent 1: It's <i>x</i>.  "
+                "Sent 2: y  ", "False"),
+    # Every '@highlight' joining rule; an unanswered (test) query targets '<unk>'.
+    "record": ("test",
+               {"passage": "A.\n@highlight\nB?\n@highlight\nC!\n@highlight\nD'\n@highlight\nE",
+                "query": "Q @placeholder", "entities": ["A"], "answers": [],
+                "idx": {"passage": 1, "query": 2}},
+               "record query: Q @placeholder entities: A passage: A. B? C! D' E", "<unk>"),
+    # The second wsc.fixed text T5 special-cases: span2_index points at 'use', not 'it'.
+    "wsc": ("validation",
+            {"text": "When they had eventually calmed down a bit , and had gotten home, Mr. Farley "
+                     "put the magic pebble in an iron safe . Some day they might want to use it "
+                     ", but really for now, what more could they wish for?",
+             "span1_index": 0, "span1_text": "the magic pebble", "span2_index": 31,
+             "span2_text": "it", "label": 1, "idx": 3},
+            "wsc: When they had eventually calmed down a bit , and had gotten home, Mr. Farley "
+            "put the magic pebble in an iron safe . Some day they might want to use *it* , but "
+            "really for now, what more could they wish for?", "the magic pebble"),
+    # Field text is used as it is: tabs and newlines stay, unlabeled -> '<unk>'.
+    "boolq": ("test", {"question": "is it", "passage": "Yes\tno\n", "label": -1, "idx": 2},
+              "boolq passage: Yes\tno\n question: is it", "<unk>"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(EDGE_CASES))
+def test_super_glue_edge_cases_are_written_as_t5(prepared, task):
+  split, example, inputs, target = EDGE_CASES[task]
+  with mock_examples({split: [example]}):
+    with_prefix = run_task(f"super_glue_{task}", split)
+    without = run_task(f"super_glue_{task}_noprefix", split)
+  assert texts(with_prefix) == [(inputs, target)]
+  assert texts(without) == [(inputs.split(" ", 1)[1], target)]

@@ -108,22 +108,53 @@ def test_language_table_rows_and_text():
   assert table.splitlines()[1].split() == ["de", "4", "75.00", "73.33"]
 
 
-def test_mrqa_out_of_domain_reads_the_dev_set_and_strips_markers(prepared):
-  example = {"question": "Who?", "context": "[TLE] Title [PAR] Ann  did it.",
-             "answers": ["Ann", "ann"]}
-  with mock_examples({"test": [example]}):
+MRQA_EXAMPLE = {"question": "Who did\nit?", "context": "[TLE] Title [PAR] Ann\u00a0 did it.",
+                "answers": ["Ann", "ann."],
+                "detected_answers": {"text": ["Ann\u2009"]}}  # Spans: not read.
+
+
+def test_mrqa_is_formatted_as_the_reference_repository(prepared):
+  # Whitespace (Unicode too) normalised, punctuation spaced (markers become '[ PAR ]'),
+  # target the first detected answer, `answers` the gold answers spaced the same way.
+  with mock_examples({"test": [MRQA_EXAMPLE]}):
     out = run_task("mrqa_drop", "validation")
-  assert texts(out) == [("question: Who? context: Title Ann did it.", "Ann")]
-  assert [a.decode() for a in out[0]["answers"]] == ["Ann", "ann"]
+    bare = run_task("mrqa_drop_noprefix", "validation")
+  assert texts(out) == [("question: Who did it ? context: [ TLE ] Title [ PAR ] Ann did it . ",
+                         "Ann ")]
+  assert texts(bare) == [("Who did it ? context: [ TLE ] Title [ PAR ] Ann did it . ", "Ann ")]
+  assert [a.decode() for a in out[0]["answers"]] == ["Ann", "ann . "]
   assert len(data_lib.get_mixture_or_task("mrqa_ood").tasks) == 6
+  assert len(data_lib.get_mixture_or_task("mrqa_transfer_noprefix").tasks) == 7
 
 
-def test_squad_takes_the_first_answer_and_keeps_all(prepared):
-  example = {"question": "Where?", "context": "In Paris.",
-             "answers": {"text": ["Paris", "in Paris"], "answer_start": [3, 0]}}
+def test_mrqa_marker_stripping_is_an_option(prepared):
+  from prompt_jax.data import registry, transfer
+  registry.add_task(transfer.mrqa_spec("drop", strip_markers=True, name="mrqa_drop_stripped"))
+  with mock_examples({"test": [MRQA_EXAMPLE]}):
+    out = run_task("mrqa_drop_stripped", "validation")
+  assert texts(out)[0][0] == "question: Who did it ? context: Title Ann did it . "
+
+
+def test_squad_is_punctuation_spaced_as_t5(prepared):
+  example = {"question": "Where's (it)?", "context": "In  Paris, France.\n", "id": "x",
+             "title": "T", "answers": {"text": ["Paris", "Paris, France."],
+                                       "answer_start": [4, 4]}}
   with mock_examples({"train": [example]}):
     out = run_task("squad", "train")
-  assert texts(out) == [("question: Where? context: In Paris.", "Paris")]
+    bare = run_task("squad_noprefix", "train")
+  assert texts(out) == [("question: Where ' s ( it ) ? context: In Paris , France . ", "Paris")]
+  assert texts(bare) == [("Where ' s ( it ) ? context: In Paris , France . ", "Paris")]
+  assert [a.decode() for a in out[0]["answers"]] == ["Paris", "Paris , France . "]
+
+
+def test_squad_spaces_only_ascii_punctuation(prepared):
+  example = {"question": "Who—\"really\"—won in 1999/2000?",
+             "context": "O’Neil won ($5; 50%)…", "id": "b", "title": "T",
+             "answers": {"text": ["O’Neil"], "answer_start": [0]}}
+  with mock_examples({"validation": [example]}):
+    out = run_task("squad", "validation")
+  assert texts(out) == [("question: Who— \" really \" —won in 1999 / 2000 ? context: O’Neil "
+                         "won ( $ 5 ; 50 % ) …", "O’Neil")]
 
 
 def test_paraphrase_transfer_maps_fields_and_labels(prepared):

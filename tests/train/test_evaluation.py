@@ -29,8 +29,9 @@ def test_generation_mode_postprocesses_then_scores():
   result = evaluation.evaluate("glue_mrpc", examples, mode="generation",
                              predictions=["equivalent", b"not_equivalent", "not_equivalent",
                                           " equivalent "])
-  # 3 of 4 right; positive class: TP 2, FN 1, FP 0 -> F1 = 0.8.
-  assert result.metrics == pytest.approx({"accuracy": 75.0, "f1": 80.0})
+  # ' equivalent ' is no label (T5 compares exactly), so it is wrong: 2 of 4 right;
+  # positive class: TP 1, FN 2 (the invalid one included), FP 0 -> F1 = 0.5.
+  assert result.metrics == pytest.approx({"accuracy": 50.0, "f1": 50.0})
   assert result.targets[0] == "equivalent"
 
 
@@ -38,11 +39,14 @@ def test_generation_mode_for_wsc_and_stsb():
   vocabulary = data_lib.get_vocabulary("t5")
   wsc = [_example(vocabulary, "text: x", "Mark", span1_text=b"Mark", label=np.int64(1)),
          _example(vocabulary, "text: y", "Pete", span1_text=b"Pete", label=np.int64(0))]
-  result = evaluation.score_predictions("super_glue_wsc_noprefix", wsc, ["mark", "Pete"])
-  assert result.targets == [True, False] and result.metrics == {"accuracy": 50.0}
+  result = evaluation.score_predictions("super_glue_wsc_noprefix", wsc, ["mark", "Mark"])
+  # Both right: 'mark' names the true referent; 'Mark' is not the wrong candidate 'Pete'.
+  assert result.targets == [1, 0] and result.metrics == {"accuracy": 100.0}
+  result = evaluation.score_predictions("super_glue_wsc_noprefix", wsc, ["mark", ""])
+  assert result.metrics == {"accuracy": 50.0}  # An empty prediction is never right.
   stsb = [_example(vocabulary, "a", t) for t in ["1.0", "2.0", "3.0"]]
   result = evaluation.score_predictions("glue_stsb", stsb, ["1.2", "2.0", "2.8"])
-  assert result.metrics["spearman"] == pytest.approx(100.0)
+  assert result.metrics["spearman_corrcoef"] == pytest.approx(100.0)
 
 
 def _lookup_score_fn(table, calls):
