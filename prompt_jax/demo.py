@@ -3,8 +3,8 @@
   python -m prompt_jax.demo                  # skill `reverse`: 80 s on 2 cores (measured)
   python -m prompt_jax.demo --skill shift_1  # later runs reuse the cached backbone: < 1 minute
 
-Expected: before=0.00 (the bare string selects no skill), after >= 0.95 (measured 0.99-1.00
-for reverse, shift_1, upper and copy).
+Expected (exact match in percent, the unit of every metric here): before=0.0 (the bare string
+selects no skill), after >= 95 (measured 99-100 for reverse, shift_1, upper and copy).
 
 Two stages, both through the library's own training loop:
 
@@ -18,7 +18,7 @@ Two stages, both through the library's own training loop:
 Held-out (test split) exact match by greedy decoding is printed *before* (the backbone given
 the bare string, no prompt: zero-shot) and *after* (the same input behind the tuned prompt,
 best on validation), and a learning-curve PNG is written into the model dir. The last line
-is `demo: <skill> exact_match before=<x.xx> after=<y.yy>` so scripts can read it.
+is `demo: <skill> exact_match before=<x.x> after=<y.y>` (percent) so scripts can read it.
 
 Everything here is a skill-gym result, never one of the papers' benchmarks.
 """
@@ -64,7 +64,7 @@ PROMPT_INITS = ("sampled_vocab", "class_labels", "random_uniform")
 # Rows that sampled-vocab init draws from: the special ids and the ASCII bytes, i.e. the
 # embeddings the backbone actually trained (higher byte ids never occur in the Latin data).
 ASCII_POPULATION = 3 + 128
-LAST_LINE = "demo: {skill} exact_match before={before:.2f} after={after:.2f}"
+LAST_LINE = "demo: {skill} exact_match before={before:.1f} after={after:.1f}"
 
 Params = Any
 
@@ -175,7 +175,7 @@ def make_evaluator(model: Any, frozen: Params, task: str, rows: Sequence[Mapping
 
 
 def exact_match(ev: evaluation.Evaluator, trainable: Params) -> tuple[float, list[str]]:
-  """(Exact match in [0, 1] of the evaluator's task, the stripped predictions)."""
+  """(Exact match in percent of the evaluator's task, the stripped predictions)."""
   (task,) = ev.examples
   result = ev.evaluate_task(trainable, task)
   return result.metrics["exact_match"], [gym.strip_postprocessor(p) for p in result.predictions]
@@ -405,8 +405,8 @@ def run_demo(bb: BackboneConfig, pc: PromptConfig, *, cache_root: pathlib.Path,
       make_evaluator(model, frozen, gym.task_name(pc.skill, False), test[False],
                      eval_lengths(lengths), pc.eval_batch_size), {})
   seconds["eval"] = time.perf_counter() - t0
-  log(f"backbone on {pc.skill!r}: with task word {reference:.2f}, without (zero-shot) "
-      f"{before:.2f}")
+  log(f"backbone on {pc.skill!r}: with task word {reference:.1f}, without (zero-shot) "
+      f"{before:.1f} (exact match, %)")
 
   t0 = time.perf_counter()
   log(f"prompt: tuning P={pc.length} ({pc.init} init) on {gym.task_name(pc.skill, False)} "

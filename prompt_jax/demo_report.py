@@ -45,7 +45,7 @@ def plot_learning_curve(model_dir: pathlib.Path, out_png: pathlib.Path, *,
   if steps:
     twin = ax.twinx()
     handles += twin.plot(steps, em, "o-", color="tab:orange", label="validation exact match")
-    twin.set(ylabel="exact match", ylim=(-0.02, 1.02))
+    twin.set(ylabel="exact match", ylim=(-2, 102))
   # One legend for both axes, below the plot: inside it would cover one of the curves.
   ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
   fig.tight_layout()
@@ -62,5 +62,5 @@ def format_table(skill: str, n: int, reference: float, before: float, after: flo
   width = max(len(name) for name, _ in rows)
   return "\n".join(
       [f"skill {skill!r}: exact match on {n} held-out test examples (greedy decoding)",
-       f"  {'setting':<{width}}  exact_match"]
-      + [f"  {name:<{width}}  {value:11.2f}" for name, value in rows])
+       f"  {'setting':<{width}}  exact_match (%)"]
+      + [f"  {name:<{width}}  {value:15.1f}" for name, value in rows])

@@ -16,7 +16,7 @@ from prompt_jax.data import skill_gym as gym
 from prompt_jax.prompts import init_prompt_params
 from prompt_jax.train.metrics_writer import read_metrics
 
-LAST_LINE = re.compile(r"^demo: \S+ exact_match before=\d\.\d\d after=\d\.\d\d$")
+LAST_LINE = re.compile(r"^demo: \S+ exact_match before=\d{1,3}\.\d after=\d{1,3}\.\d$")
 # Small enough for about a minute of CPU, mostly XLA compiles; too short to learn the skills.
 ARGS = ["--skill", "reverse", "--backbone_skills", "reverse", "--backbone_steps", "8",
         "--prompt_steps", "8", "--prompt_length", "4", "--eval_period", "4",
@@ -75,7 +75,7 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys, restore_gym):
   assert sorted(frozen) == sorted(reloaded) and len(frozen) > 10
   for path, value in frozen.items():
     np.testing.assert_array_equal(np.asarray(value), np.asarray(reloaded[path]), err_msg=path)
-  assert 0.0 <= result.before <= 1.0 and 0.0 <= result.after <= 1.0
+  assert 0.0 <= result.before <= 100.0 and 0.0 <= result.after <= 100.0  # Percent.
 
   # The CLI on the same dirs: cached backbone, finished prompt run, the scriptable last line.
   capsys.readouterr()
@@ -84,7 +84,7 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys, restore_gym):
   assert any(line.startswith("backbone: cached at") for line in out), out
   assert LAST_LINE.match(out[-1]), out[-1]
   assert out[-1].startswith("demo: reverse exact_match ")
-  assert out[-1].endswith(f"before={result.before:.2f} after={result.after:.2f}"), out[-1]
+  assert out[-1].endswith(f"before={result.before:.1f} after={result.after:.1f}"), out[-1]
 
 
 def test_bad_skill_is_one_clear_error(capsys):

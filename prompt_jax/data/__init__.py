@@ -15,7 +15,7 @@ Naming scheme
   other seeds via `suites.register_dept_suite(seed)` -> `..._seed<s>`.
 * `xnli_<lang>`, `xnli_mnli_train`; `sib200_<lang>`, `sib200_<lang>_k<k>_seed<s>`
   (`xlingual.register_sib200(dir)` or $PROMPT_JAX_SIB200_DIR).
-* `squad`, `mrqa_<domain>`; `transfer_mrpc_as_qqp`, `transfer_qqp_as_mrpc`.
+* `squad`, `mrqa_<domain>` (and `..._noprefix`); `transfer_mrpc_as_qqp`, `transfer_qqp_as_mrpc`.
 * Vocabulary: English tasks default to the T5 SentencePiece vocabulary, XNLI / SIB-200 to
   mT5's. Any task or mixture exists in every vocabulary by adding `_t5`, `_mt5` or `_byte`
   to a name whose default differs (`glue_rte_byte`, `xnli_de_t5`); `get_mixture_or_task`

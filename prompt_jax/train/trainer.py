@@ -212,8 +212,8 @@ def _update_best(cfg: TrainerConfig, best, step: int, metrics: Mapping[str, floa
   if cfg.best_metric is None or cfg.best_metric not in metrics:
     return best
   value = float(metrics[cfg.best_metric])
-  if best is not None and value <= best["value"]:
-    return best
+  if not math.isfinite(value) or (best is not None and value <= best["value"]):
+    return best  # A NaN score (e.g. a correlation of constant predictions) is never best.
   best = {"step": step, "metric": cfg.best_metric, "value": value}
   checkpointing.write_json(pathlib.Path(cfg.model_dir) / "best.json", best)
   run.export("best")
