@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 from typing import Any, Sequence
 
 import flax.serialization
@@ -27,6 +28,10 @@ class Checkpointer:
 
   def __init__(self, model_dir: str | os.PathLike, *, keep: int = 3):
     self.directory = pathlib.Path(model_dir).absolute() / "checkpoints"
+    # A save killed mid-write leaves Orbax's temporary dir; the committed steps are intact.
+    if self.directory.is_dir():
+      for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,

@@ -15,10 +15,20 @@ class MetricsWriter:
   TensorBoard events go to `events/train/` and `events/<split>/` (e.g. `events/eval/rte/`).
   """
 
-  def __init__(self, model_dir: str | os.PathLike, *, tensorboard: bool = True):
+  def __init__(self, model_dir: str | os.PathLike, *, tensorboard: bool = True,
+               drop_after_step: int | None = None):
+    """`drop_after_step`: first remove existing lines of later steps (a resumed run logs
+    them again), so `metrics.jsonl` never holds a step twice."""
     self.model_dir = pathlib.Path(model_dir)
     self.model_dir.mkdir(parents=True, exist_ok=True)
-    self._jsonl = open(self.model_dir / "metrics.jsonl", "a", encoding="utf-8")
+    path = self.model_dir / "metrics.jsonl"
+    if drop_after_step is not None and path.exists():
+      kept = [line for line in path.read_text().splitlines()
+              if line.strip() and json.loads(line).get("step", 0) <= drop_after_step]
+      tmp = path.with_name(".metrics.jsonl.tmp")
+      tmp.write_text("".join(line + "\n" for line in kept))
+      os.replace(tmp, path)
+    self._jsonl = open(path, "a", encoding="utf-8")
     self._tensorboard = tensorboard
     self._writers: dict[str, Any] = {}
 

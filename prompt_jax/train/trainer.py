@@ -13,11 +13,14 @@ prompt (`prompt_jax.prompts.effective.effective_prompt`), what it optimises is t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -38,7 +41,15 @@ Evaluator = Callable[[Any, int], Mapping[str, float]]
 
 
 class TrainingDivergedError(RuntimeError):
-  """The loss or the parameters became NaN or infinite."""
+  """The loss or the parameters became non-finite or insane; nothing bad was saved."""
+
+
+class TrainingInterrupted(RuntimeError):
+  """SIGINT / SIGTERM stopped the run after saving its current state."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +69,10 @@ class TrainerConfig:
   # Names of the tasks a per-task prompt (a bank [T, P, D]) serves, in task-id order; each
   # task's prompt is also exported on its own as prompts/<task>/prompt_<step>.npy.
   task_names: tuple[str, ...] = ()
+  # Health checks on the state before it is saved: a parameter norm above this bound, or
+  # this many consecutive steps with an exactly zero gradient, stop the run (None: off).
+  max_param_norm: float | None = 1e6
+  max_zero_grad_steps: int | None = 50
 
 
 @dataclasses.dataclass
@@ -97,6 +112,9 @@ class _Run:
           self.setup.abstract_state(init_trainable), latest)
       logging.info("Resumed from checkpoint %d (%d batches consumed).", latest,
                    self.meta["batches_consumed"])
+      # Checkpoint and export are one unit: a kill between the two is repaired here.
+      if not (pathlib.Path(cfg.model_dir) / "prompts" / f"prompt_{latest}.npy").exists():
+        self.export(latest)
     self.batch_sh = self.setup.batch_sharding
     self.step_fn = self.setup.step_fn
     # Host-side step counter: reading `state.step` would block on the step just dispatched.
@@ -117,17 +135,52 @@ class _Run:
     self.export(self.step)
 
 
-def _check_finite(metrics: dict[str, float], step: int, run: _Run) -> None:
-  bad = {k: metrics[k] for k in ("loss", "param_norm") if k in metrics
-         and not math.isfinite(metrics[k])}
-  if bad:
-    last = run.checkpointer.latest_step()
-    what = ", ".join(f"{k} became {v}" for k, v in bad.items())
-    raise TrainingDivergedError(
-        f"At step {step} the {what}. Stopped without saving; the last good "
-        f"checkpoint ({'none' if last is None else f'step {last}'}) is kept in "
-        f"{run.checkpointer.directory}. Lower the learning rate or check the data, then "
-        "rerun the same command to resume from it.")
+def _diverged(run: _Run, step: int, what: str) -> TrainingDivergedError:
+  last = run.checkpointer.latest_step()
+  return TrainingDivergedError(
+      f"At step {step} {what}. Stopped without saving; the last good checkpoint "
+      f"({'none' if last is None else f'step {last}'}) is kept in "
+      f"{run.checkpointer.directory}. Lower the learning rate (e.g. --gin.LEARNING_RATE=...) "
+      "or check the data, then rerun the same command to resume from it.")
+
+
+class _Health:
+  """Checks each step's metrics before its state can be saved."""
+
+  def __init__(self, cfg: TrainerConfig):
+    self.cfg, self.zero_streak = cfg, 0
+
+  def check(self, metrics: Mapping[str, float], step: int, run: _Run) -> None:
+    bad = [f"the {k} became {metrics[k]}" for k in ("loss", "param_norm")
+           if k in metrics and not math.isfinite(metrics[k])]
+    if bad:
+      raise _diverged(run, step, " and ".join(bad))
+    bound = self.cfg.max_param_norm
+    if bound is not None and metrics.get("param_norm", 0.0) > bound:
+      raise _diverged(run, step, f"the trainable parameters' norm is {metrics['param_norm']:.3g}, "
+                      f"above max_param_norm={bound:g}")
+    if "grad_norm" in metrics:
+      self.zero_streak = self.zero_streak + 1 if metrics["grad_norm"] == 0.0 else 0
+      limit = self.cfg.max_zero_grad_steps
+      if limit is not None and self.zero_streak >= limit:
+        raise _diverged(run, step, f"the gradient norm has been exactly 0 for {limit} steps "
+                        "(the loss no longer depends on the trainable parameters)")
+
+
+@contextlib.contextmanager
+def _stop_signals():
+  """SIGINT / SIGTERM set a flag the loop reads between steps (never mid-save)."""
+  received: list[int] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+  handler = lambda signum, frame: received.append(signum)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield received
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def _progress(cfg: TrainerConfig, start: int):
@@ -159,9 +212,18 @@ def train(model: nn.Module | adapter_lib.ModelAdapter, frozen: Any, init_trainab
       raise ValueError("train() needs `groups`, or `rules` with `opt_config`.")
     groups = opt_lib.as_param_groups(rules, opt_config or opt_lib.OptimizerConfig())
   run = _Run(adapter_lib.as_adapter(model), frozen, init_trainable, groups, cfg)
-  writer = MetricsWriter(cfg.model_dir)
+  # Lines logged after the checkpoint being resumed are logged again: drop the old ones.
+  writer = MetricsWriter(cfg.model_dir, drop_after_step=run.step)
   data = batches(run.meta["batches_consumed"])
+  with _stop_signals() as received:
+    return _loop(run, writer, data, cfg, evaluator, received)
+
+
+def _loop(run: _Run, writer: MetricsWriter, data: Iterator[Batch], cfg: TrainerConfig,
+          evaluator: Evaluator | None, received: list[int]) -> TrainResult:
+  """The step loop of `train`; stops cleanly between steps when a signal arrives."""
   bar = _progress(cfg, run.step)
+  health = _Health(cfg)
   pending, last_train, last_eval, best = None, {}, {}, _read_best(cfg)
   t_log, examples = time.perf_counter(), 0
   while run.step < cfg.train_steps:
@@ -173,14 +235,15 @@ def train(model: nn.Module | adapter_lib.ModelAdapter, frozen: Any, init_trainab
     step = run.step
     examples += len(batch["encoder_input_tokens"])
     if pending is not None:  # Fetch step N-1's metrics after dispatching step N.
-      _check_finite(_reduce(pending[1]), pending[0], run)
+      health.check(_reduce(pending[1]), pending[0], run)
     pending = (step, sums)
-    at_ckpt = step % cfg.checkpoint_period == 0 or step == cfg.train_steps
+    at_ckpt = (step % cfg.checkpoint_period == 0 or step == cfg.train_steps
+               or bool(received))  # A signal: save this step, then stop.
     at_eval = evaluator is not None and (
         (cfg.eval_period and step % cfg.eval_period == 0) or step == cfg.train_steps)
     if step % cfg.log_period == 0 or at_ckpt or at_eval:
       last_train = _reduce(sums)
-      _check_finite(last_train, step, run)
+      health.check(last_train, step, run)
       now = time.perf_counter()
       rate, t_log, examples = examples / max(now - t_log, 1e-9), now, 0
       writer.write(step, "train", {**last_train, "examples_per_s": rate})
@@ -194,12 +257,22 @@ def train(model: nn.Module | adapter_lib.ModelAdapter, frozen: Any, init_trainab
       run.save()
     if bar is not None:
       bar.update(1)
+    if received:
+      _close(bar, writer, run)
+      name = signal.Signals(received[0]).name
+      raise TrainingInterrupted(
+          f"Stopped by {name} at step {step}; saved checkpoint {step} in "
+          f"{run.checkpointer.directory}. Rerun the same command to resume.", received[0])
+  _close(bar, writer, run)
+  return TrainResult(step=run.step, trainable=run.host_trainable(),
+                     last_train_metrics=last_train, last_eval_metrics=last_eval, best=best)
+
+
+def _close(bar, writer: MetricsWriter, run: _Run) -> None:
   if bar is not None:
     bar.close()
   writer.close()
   run.checkpointer.close()
-  return TrainResult(step=run.step, trainable=run.host_trainable(),
-                     last_train_metrics=last_train, last_eval_metrics=last_eval, best=best)
 
 
 def _read_best(cfg: TrainerConfig) -> dict[str, Any] | None:
