@@ -18,11 +18,15 @@ works from any directory after `pip install .`. The result never depends on the 
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import logging
 import os
 import pathlib
 import re
 import sys
+import tokenize
+import traceback
 from typing import Sequence
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent / "gin"
@@ -67,6 +71,11 @@ def _resolve_gin_file(name: str, search_paths: Sequence[pathlib.Path]) -> pathli
                  f"--gin_search_paths or the shipped {GIN_DIR}; `ls {GIN_DIR}` lists them.")
 
 
+# What gin raises for a bad file or binding (tokenize: an unclosed bracket).
+_GIN_PARSE_ERRORS = (ValueError, KeyError, IOError, SyntaxError, ImportError,
+                     tokenize.TokenError)
+
+
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str = "") -> str:
   """Parses gin files (order-independently) then bindings; returns the config string."""
   import gin
@@ -80,15 +89,16 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str =
     gin.clear_config()
     try:
       gin.parse_config_files_and_bindings(order, None, finalize_config=False)
-    except (ValueError, KeyError, IOError) as e:
+    except _GIN_PARSE_ERRORS as e:
       raise CliError(f"Gin error: {e}") from None
     results.append(gin.config_str())
   if results[0] != results[1]:
     raise CliError("The --gin_file files bind the same parameter differently, so the result "
                    "would depend on their order; keep one binding (or use --gin.NAME=VALUE).")
+  check_macro_flags(bindings, resolved)
   try:
     gin.parse_config(list(bindings))
-  except (ValueError, KeyError) as e:
+  except _GIN_PARSE_ERRORS as e:
     raise CliError(f"Gin binding error: {e}. Check the spelling against the gin files "
                    f"in {GIN_DIR}.") from None
   try:
@@ -100,6 +110,20 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str =
     raise CliError(f"{e} Set it with --gin.NAME=VALUE (see the 'Required' block at the top "
                    "of the run file).") from None
   return gin.config_str()
+
+
+def check_macro_flags(bindings: Sequence[str], files: Sequence[str]) -> None:
+  """A `--gin.NAME=...` macro that no gin file or flag uses is a typo: say which it meant."""
+  texts = [pathlib.Path(f).read_text() for f in files] + list(bindings)
+  used = set(re.findall(r"%([A-Za-z_]\w*)", "\n".join(texts)))
+  defined = set(re.findall(r"^\s*([A-Z][A-Z0-9_]*)\s*=", "\n".join(texts), re.M))
+  for binding in bindings:
+    name = binding.split("=", 1)[0].strip()
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in used:
+      close = difflib.get_close_matches(name, sorted(used | defined - {name}), n=1)
+      hint = f" Did you mean {close[0]}?" if close else ""
+      raise CliError(f"--gin.{name} sets a macro that no gin file uses.{hint} The macros "
+                     f"these files use: {', '.join(sorted(used))}.")
 
 
 # Macros that a whole gin file sets, and which folder of shipped files offers them.
@@ -131,8 +155,39 @@ def _known_errors() -> tuple[type[BaseException], ...]:
   from prompt_jax.checkpoints import CheckpointError
   from prompt_jax.data.sources import DataNotPreparedError
   from prompt_jax.prompts.initializers import PromptFileError
+  from prompt_jax.train.run_dir import RunDirError
+  from prompt_jax.train.trainer import TrainingDivergedError
   return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError,
-          PromptFileError)
+          PromptFileError, RunDirError, TrainingDivergedError)
+
+
+# Write failures a user fixes (disk full, read-only, no permission): a message, not a trace.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def _message(e: BaseException) -> str:
+  """The exception's text without gin's "In call to configurable ..." trailer."""
+  return str(e).split("\n  In call to configurable")[0].strip()
+
+
+def _report(e: Exception) -> int:
+  """One line and exit status 2 for user-fixable errors; a trace and a hint for bugs."""
+  from prompt_jax.train.trainer import TrainingInterrupted
+  if isinstance(e, TrainingInterrupted):
+    print(f"prompt-jax: {_message(e)}", file=sys.stderr)
+    return 128 + e.signum
+  if isinstance(e, _known_errors()) or _is_gin_required(e):
+    print(f"prompt-jax: error: {_message(e)}", file=sys.stderr)
+    return 2
+  if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+    print(f"prompt-jax: error: cannot write {e.filename or ''}: {e.strerror}. Free space or "
+          "fix permissions (or choose another MODEL_DIR), then rerun the same command: "
+          "completed checkpoints are intact.", file=sys.stderr)
+    return 2
+  traceback.print_exc()
+  print("prompt-jax: internal error (a bug, not your configuration): please report it with "
+        "the command line and the trace above.", file=sys.stderr)
+  return 1
 
 
 def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -> int:
@@ -151,7 +206,10 @@ def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -
     if not args.name:
       raise CliError("`prompt-jax prepare` needs a task or mixture name.")
     from prompt_jax.data import registry
-    print("\n".join(registry.prepare(args.name, args.tfds_data_dir)))
+    try:
+      print("\n".join(registry.prepare(args.name, args.tfds_data_dir)))
+    except KeyError as e:
+      raise CliError(str(e).strip("'\"")) from None
     return 0
   if not args.gin_file:
     raise CliError(f"`prompt-jax {args.command}` needs at least one --gin_file, e.g. "
@@ -186,11 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       format="%(asctime)s %(levelname)s %(message)s")
   try:
     return _dispatch(args, bindings, extra)
-  except Exception as e:  # Only the known, user-fixable errors are shortened.
-    if isinstance(e, _known_errors()) or _is_gin_required(e):
-      print(f"prompt-jax: error: {e}", file=sys.stderr)
-      return 2
-    raise
+  except Exception as e:  # pylint: disable=broad-except  Every error gets one exit path.
+    return _report(e)
 
 
 def _is_gin_required(e: Exception) -> bool:

@@ -8,6 +8,7 @@ parses flags and gin, then calls one of them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pathlib
 from typing import Any, Mapping, Sequence
@@ -19,13 +20,14 @@ import numpy as np
 import seqio
 
 from prompt_jax import configurables
-from prompt_jax.checkpoints import load_pretrained
+from prompt_jax.checkpoints import CheckpointError, load_pretrained
 from prompt_jax.models.t5 import T5Transformer
 from prompt_jax.prompts import Prompt, PromptBank, init_prompt_params, initializers
 from prompt_jax.train import adapter as adapter_lib
 from prompt_jax.train import evaluation
 from prompt_jax.train import inputs
 from prompt_jax.train import optimizer as opt_lib
+from prompt_jax.train import run_dir
 from prompt_jax.train import trainer
 
 
@@ -70,7 +72,62 @@ def _load(path: str, overrides: Mapping[str, Any]):
   if not str(path).startswith("gs://") and not pathlib.Path(path).exists():
     raise UserError(f"Checkpoint {path} does not exist; set INITIAL_CHECKPOINT_PATH to a T5X "
                     "checkpoint dir or an HF model dir.")
-  return load_pretrained(path, **overrides)
+  try:
+    return load_pretrained(path, **overrides)
+  except CheckpointError:
+    raise
+  except (ValueError, TypeError) as e:  # Gin architecture.* bindings that do not fit.
+    raise UserError(f"{e} (the architecture.* values come from the models/ and "
+                    "models/sizes/ gin files: pick the ones that match the checkpoint).") from None
+
+
+def _positive_int(name: str, value: Any, *, zero_ok: bool = False) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero_ok else 1):
+    want = "an integer >= 0" if zero_ok else "a positive integer"
+    raise UserError(f"{name} must be {want}, got {value!r} (--gin.{name}=...).")
+
+
+def validate_lengths(lengths: Any) -> None:
+  if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
+    raise UserError(f"TASK_FEATURE_LENGTHS must be {{'inputs': L, 'targets': T}}, got "
+                    f"{lengths!r}.")
+  for key, value in lengths.items():
+    _positive_int(f"TASK_FEATURE_LENGTHS['{key}']", value)
+
+
+def validate_mesh(num_partitions: Any, batch_size: Any) -> None:
+  """NUM_PARTITIONS divides the devices; BATCH_SIZE divides over the data-parallel size."""
+  _positive_int("NUM_PARTITIONS", num_partitions)
+  _positive_int("BATCH_SIZE", batch_size)
+  devices = jax.device_count()
+  if devices % num_partitions:
+    raise UserError(f"NUM_PARTITIONS={num_partitions} must divide the {devices} devices "
+                    f"(data-parallel size = devices / NUM_PARTITIONS).")
+  data = devices // num_partitions
+  if batch_size % data or batch_size % jax.process_count():
+    raise UserError(f"BATCH_SIZE={batch_size} must be divisible by the data-parallel size "
+                    f"{data} ({devices} devices / NUM_PARTITIONS={num_partitions}) and by the "
+                    f"{jax.process_count()} processes.")
+
+
+def validate_prompt(prompt: nn.Module | None) -> None:
+  length = getattr(prompt, "length", None)
+  if length is not None:
+    _positive_int("PROMPT_LENGTH", length)
+
+
+def check_heads(num_heads: int, num_partitions: int, allow_replicated: bool) -> None:
+  """Attention heads must split over the `model` axis, unless replication is asked for."""
+  if num_partitions > 1 and num_heads % num_partitions and not allow_replicated:
+    raise UserError(f"NUM_PARTITIONS={num_partitions} does not divide the model's {num_heads} "
+                    "attention heads, so they would be replicated on every device. Pick a "
+                    "NUM_PARTITIONS that divides them, or set "
+                    "--gin.train.allow_replicated_heads=True.")
+
+
+def _resuming(model_dir: str) -> bool:
+  ckpts = pathlib.Path(model_dir) / "checkpoints"
+  return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
 
 
 def default_param_groups(prompt: nn.Module | None) -> opt_lib.ParamGroups:
@@ -166,7 +223,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           num_partitions: int = 1, checkpoint_period: int = 1000, eval_period: int = 1000,
           eval_split: str = "validation", eval_mode: str = "generation",
           max_eval_examples: int | None = None, best_metric: str | None = None,
-          seed: int = 0, tfds_data_dir: str | None = None) -> trainer.TrainResult:
+          seed: int = 0, allow_replicated_heads: bool = False,
+          tfds_data_dir: str | None = None) -> trainer.TrainResult:
   """Trains a prompt module (`PROMPT`, from a gin/methods/ file) on a frozen T5.
 
   `prompt=None` with the default groups is model tuning (every weight trains). What a
@@ -174,10 +232,85 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   through `param_groups` / `loss_terms`.
   """
   check_task(mixture_or_task_name, tfds_data_dir)
-  write_config(model_dir)
-  built = build_model(initial_checkpoint_path, prompt, mixture_or_task_name,
-                      groups=param_groups, loss_terms=loss_terms, seed=seed)
-  write_task_names(model_dir, built.task_names)
+  # Everything checkable without a model is checked before anything is loaded or written.
+  _positive_int("TRAIN_STEPS", train_steps)
+  _positive_int("CHECKPOINT_PERIOD", checkpoint_period)
+  _positive_int("EVAL_PERIOD", eval_period, zero_ok=True)
+  if max_eval_examples is not None:
+    _positive_int("train.max_eval_examples", max_eval_examples)
+  validate_lengths(task_feature_lengths)
+  validate_mesh(num_partitions, batch_size)
+  validate_prompt(prompt)
+  if "num_heads" in architecture():  # Known from the size gin file: check before loading.
+    check_heads(architecture()["num_heads"], num_partitions, allow_replicated_heads)
+  _check_mode(eval_mode)
+  groups = param_groups or default_param_groups(prompt)
+  identity = {"mixture_or_task_name": mixture_or_task_name,
+              "initial_checkpoint_path": str(initial_checkpoint_path),
+              "architecture": run_dir.describe(architecture()),
+              "task_feature_lengths": run_dir.describe(task_feature_lengths),
+              "batch_size": batch_size, "seed": seed, "prompt": run_dir.describe(prompt),
+              "param_rules": run_dir.describe(groups.rules),
+              "loss_terms": [name for name, _ in loss_terms]}
+  with run_dir.RunDirLock(model_dir):
+    run_dir.check_identity(model_dir, identity, resuming=_resuming(model_dir))
+    write_config(model_dir)
+    built = build_model(initial_checkpoint_path, prompt, mixture_or_task_name,
+                        groups=groups, loss_terms=loss_terms, seed=seed)
+    check_heads(built.adapter.config.num_heads, num_partitions, allow_replicated_heads)
+    write_task_names(model_dir, built.task_names)
+    return _train_built(built, model_dir, mixture_or_task_name, task_feature_lengths,
+                        train_steps, batch_size, num_partitions, checkpoint_period,
+                        eval_period, eval_split, eval_mode, max_eval_examples, best_metric,
+                        seed)
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in evaluation.MODES:
+    raise UserError(f"EVAL_MODE must be one of {evaluation.MODES}, got {mode!r}.")
+
+
+def _check_split(mixture_or_task_name: str, split: str) -> None:
+  """Every task of the mixture has `split` (found before any model is loaded)."""
+  for name in inputs.task_names(mixture_or_task_name):
+    splits = tuple(seqio.get_mixture_or_task(name).splits)
+    if splits and split not in splits:
+      raise UserError(f"Task {name} has no {split!r} split (it has {', '.join(splits)}); "
+                      "set the split with --gin.EVAL_SPLIT=... / --gin.INFER_SPLIT=...")
+
+
+def _check_eval_args(name: str, split: str, lengths: Any, batch_size: Any,
+                     max_examples: Any, mode: str = "generation") -> None:
+  validate_lengths(lengths)
+  _positive_int("BATCH_SIZE", batch_size)
+  if max_examples is not None:
+    _positive_int("max_examples", max_examples)
+  _check_mode(mode)
+  _check_split(name, split)
+
+
+def _owns_model_dir(command: str):
+  """Eval / infer: refuse a training run's dir, hold the dir's lock while running."""
+
+  def decorate(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      model_dir = kwargs.get("model_dir")
+      if model_dir:
+        run_dir.refuse_training_dir(model_dir, command)
+        with run_dir.RunDirLock(model_dir):
+          return fn(*args, **kwargs)
+      return fn(*args, **kwargs)
+    return wrapper
+
+  return decorate
+
+
+def _train_built(built: Built, model_dir, mixture_or_task_name, task_feature_lengths,
+                 train_steps, batch_size, num_partitions, checkpoint_period, eval_period,
+                 eval_split, eval_mode, max_eval_examples, best_metric, seed
+                 ) -> trainer.TrainResult:
+  """The training part of `train`, once the run dir is owned and the model built."""
   evaluator = evaluation.Evaluator(
       built.adapter, built.frozen, built.task_names, split=eval_split,
       feature_lengths=task_feature_lengths, batch_size=batch_size,
@@ -221,6 +354,7 @@ def _prompted_from_file(checkpoint: str, prompt_file: str, placement: str,
 
 
 @gin.configurable
+@_owns_model_dir("eval")
 def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str = gin.REQUIRED,
@@ -229,6 +363,8 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
              tfds_data_dir: str | None = None) -> dict[str, float]:
   """Evaluates `pretrained checkpoint + prompt file`; writes metrics.jsonl and inference."""
   check_task(mixture_or_task_name, tfds_data_dir)
+  _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples,
+                   mode)
   write_config(model_dir)
   model, frozen, trainable, names = _prompted_from_file(
       initial_checkpoint_path, prompt_file, placement, mixture_or_task_name)
@@ -245,6 +381,7 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
 
 @gin.configurable
+@_owns_model_dir("infer")
 def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str = gin.REQUIRED,
@@ -252,6 +389,7 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           placement: str = "prefix", tfds_data_dir: str | None = None) -> list[pathlib.Path]:
   """Greedy predictions of `pretrained checkpoint + prompt file` as inference JSONL."""
   check_task(mixture_or_task_name, tfds_data_dir)
+  _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples)
   write_config(model_dir)
   model, frozen, trainable, names = _prompted_from_file(
       initial_checkpoint_path, prompt_file, placement, mixture_or_task_name)
