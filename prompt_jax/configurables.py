@@ -4,6 +4,8 @@
     initializers.RandomUniform, ReferenceUniform, SampledVocab, ClassLabels, FromString,
       FromFile                                               prompt initializers (PROMPT_INIT)
     optim.OptimizerConfig, optim.ParamGroups                 parameter groups and settings
+    trainer.TrainerConfig                                    loop settings the run files do
+                                                             not set (health bounds, logging)
 
 A method of your own registers its module the same way in your own Python module, e.g.
 `gin.external_configurable(MyPrompt, module="my")`, and your gin file imports it with an
@@ -16,6 +18,7 @@ import gin
 
 from prompt_jax.prompts import initializers, lester
 from prompt_jax.train import optimizer
+from prompt_jax.train import trainer
 
 Prompt = gin.external_configurable(lester.Prompt, module="prompts")
 PromptBank = gin.external_configurable(lester.PromptBank, module="prompts")
@@ -28,3 +31,7 @@ for _name in ("RandomUniform", "ReferenceUniform", "SampledVocab", "ClassLabels"
 # `optim.OptimizerConfig.learning_rate = ...` also reaches the default parameter groups.
 OptimizerConfig = gin.external_configurable(optimizer.OptimizerConfig, module="optim")
 ParamGroups = gin.external_configurable(optimizer.ParamGroups, module="optim")
+
+# Built by `runs.train` through this wrapper, so e.g.
+# `--gin.trainer.TrainerConfig.max_param_norm=1e8` reaches the loop.
+TrainerConfig = gin.external_configurable(trainer.TrainerConfig, module="trainer")

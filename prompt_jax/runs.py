@@ -66,12 +66,16 @@ def check_task(name: str, data_dir: str | None = None) -> None:
     raise UserError(str(e)) from None
 
 
-def _load(path: str, overrides: Mapping[str, Any]):
+def check_checkpoint_path(path: str) -> None:
   if not path:
     raise UserError("INITIAL_CHECKPOINT_PATH is not set (--gin.INITIAL_CHECKPOINT_PATH=...).")
   if not str(path).startswith("gs://") and not pathlib.Path(path).exists():
     raise UserError(f"Checkpoint {path} does not exist; set INITIAL_CHECKPOINT_PATH to a T5X "
                     "checkpoint dir or an HF model dir.")
+
+
+def _load(path: str, overrides: Mapping[str, Any]):
+  check_checkpoint_path(path)
   try:
     return load_pretrained(path, **overrides)
   except CheckpointError:
@@ -239,6 +243,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   if max_eval_examples is not None:
     _positive_int("train.max_eval_examples", max_eval_examples)
   validate_lengths(task_feature_lengths)
+  check_checkpoint_path(initial_checkpoint_path)
   validate_mesh(num_partitions, batch_size)
   validate_prompt(prompt)
   if "num_heads" in architecture():  # Known from the size gin file: check before loading.
@@ -318,10 +323,11 @@ def _train_built(built: Built, model_dir, mixture_or_task_name, task_feature_len
   batches = inputs.batch_factory(mixture_or_task_name, split="train",
                                  task_feature_lengths=task_feature_lengths,
                                  batch_size=batch_size, seed=seed)
-  cfg = trainer.TrainerConfig(model_dir=model_dir, train_steps=train_steps,
-                              checkpoint_period=checkpoint_period, eval_period=eval_period,
-                              num_partitions=num_partitions, seed=seed, best_metric=best_metric,
-                              task_names=tuple(built.task_names))
+  cfg = configurables.TrainerConfig(model_dir=model_dir, train_steps=train_steps,
+                                    checkpoint_period=checkpoint_period,
+                                    eval_period=eval_period, num_partitions=num_partitions,
+                                    seed=seed, best_metric=best_metric,
+                                    task_names=tuple(built.task_names))
   return trainer.train(built.adapter, built.frozen, built.trainable, groups=built.groups,
                        batches=batches, cfg=cfg, evaluator=evaluator)
 
