@@ -1,6 +1,7 @@
 """Every library object gin can bind, registered in one place (gin stays at the edges).
 
-    prompts.Prompt, prompts.PromptBank                       prompt modules (PROMPT = @...())
+    prompts.Prompt, prompts.PromptBank, prompts.ReparamPrompt  prompt modules (PROMPT = @...())
+    prompts.reparam_param_groups                             the reparameterised prompt's groups
     initializers.RandomUniform, ReferenceUniform, SampledVocab, ClassLabels, FromString,
       FromFile                                               prompt initializers (PROMPT_INIT)
     optim.OptimizerConfig, optim.ParamGroups                 parameter groups and settings
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import gin
 
-from prompt_jax.prompts import initializers, lester
+from prompt_jax.prompts import initializers, lester, reparam
 from prompt_jax.train import optimizer
 
 Prompt = gin.external_configurable(lester.Prompt, module="prompts")
 PromptBank = gin.external_configurable(lester.PromptBank, module="prompts")
+ReparamPrompt = gin.external_configurable(reparam.ReparamPrompt, module="prompts")
+reparam_param_groups = gin.external_configurable(reparam.param_groups,
+                                                 name="reparam_param_groups", module="prompts")
 
 for _name in ("RandomUniform", "ReferenceUniform", "SampledVocab", "ClassLabels",
               "FromString", "FromFile"):
