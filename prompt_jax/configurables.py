@@ -5,6 +5,7 @@
     initializers.RandomUniform, ReferenceUniform, SampledVocab, ClassLabels, FromString,
       FromFile                                               prompt initializers (PROMPT_INIT)
     optim.OptimizerConfig, optim.ParamGroups                 parameter groups and settings
+    xlingual.Study, xlingual.GymStudy                        cross-lingual tables (studies/)
 
 A method of your own registers its module the same way in your own Python module, e.g.
 `gin.external_configurable(MyPrompt, module="my")`, and your gin file imports it with an
@@ -16,6 +17,7 @@ from __future__ import annotations
 import gin
 
 from prompt_jax.prompts import initializers, lester, reparam
+from prompt_jax.studies import crosslingual, gym_scripts
 from prompt_jax.train import optimizer
 
 Prompt = gin.external_configurable(lester.Prompt, module="prompts")
@@ -32,3 +34,7 @@ for _name in ("RandomUniform", "ReferenceUniform", "SampledVocab", "ClassLabels"
 # `optim.OptimizerConfig.learning_rate = ...` also reaches the default parameter groups.
 OptimizerConfig = gin.external_configurable(optimizer.OptimizerConfig, module="optim")
 ParamGroups = gin.external_configurable(optimizer.ParamGroups, module="optim")
+
+# A cross-lingual table (`prompt-jax xlingual`, gin/xlingual/*.gin) and the gym's backbone.
+Study = gin.external_configurable(crosslingual.Study, module="xlingual")
+GymStudy = gin.external_configurable(gym_scripts.GymStudy, module="xlingual")
