@@ -71,3 +71,26 @@ def prepare(study: GymStudy, *, log: Callable[[str], None] = print) -> pathlib.P
   root = pathlib.Path(study.cache_dir).expanduser() if study.cache_dir else (
       demo.default_cache_root())
   return demo.ensure_backbone(study.backbone(), root, study.feature_lengths(), log=log)
+
+
+def backbone_reference(study: GymStudy, checkpoint: str | pathlib.Path, skill: str, *,
+                       n: int = 200, with_word: bool = True,
+                       batch_size: int = 100) -> dict[str, float]:
+  """The bare backbone's exact match (%) on `skill`'s test split in every script.
+
+  With the task word this checks that the backbone speaks every script; without it, it is
+  the zero-shot baseline that a prompt has to beat.
+  """
+  from prompt_jax import demo
+  from prompt_jax.checkpoints import load_pretrained
+  from prompt_jax.data import skill_gym as gym
+  model, frozen = load_pretrained(checkpoint)
+  c = study.backbone().gym_config()
+  out = {}
+  for script in study.scripts:
+    rows = gym.script_examples(skill, script, "test", n, c.seed, with_word=with_word,
+                               min_len=c.min_len, max_len=c.max_len)
+    ev = demo.make_evaluator(model, frozen, gym.script_task_name(skill, script, with_word),
+                             rows, study.feature_lengths(), batch_size)
+    out[script] = demo.exact_match(ev, {})[0]
+  return out

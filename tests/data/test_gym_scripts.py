@@ -64,3 +64,23 @@ def test_register_scripts_builds_tasks_and_a_mixture():
   assert rows[0]["inputs_pretokenized"].decode().isupper()
   lengths = gym.script_feature_lengths(["reverse"], ["latin", "half"], max_len=8)
   assert lengths == {"inputs": len("reverse") + 1 + 16 + 1, "targets": 17}
+
+
+@pytest.fixture
+def restore_gym():
+  """The backbone build registers the demo mixture with other tasks; put the defaults back."""
+  yield
+  gym.register_skill_gym()
+
+
+@pytest.mark.slow
+def test_a_backbone_model_tuned_on_two_scripts_evaluates_both(tmp_path, restore_gym):
+  from prompt_jax.studies import gym_scripts
+  study = gym_scripts.GymStudy(skills=("copy",), scripts=("latin", "upper"), train_steps=300,
+                               train_examples=2000, max_len=5, cache_dir=str(tmp_path))
+  backbone = gym_scripts.prepare(study, log=lambda _: None)
+  assert backbone.parent == tmp_path and (backbone / "model.safetensors").is_file()
+  scores = gym_scripts.backbone_reference(study, backbone, "copy", n=64)
+  assert set(scores) == {"latin", "upper"}
+  # Both scripts were learned (copy is easy); the distant one has no symbol in common.
+  assert min(scores.values()) >= 50.0, scores
