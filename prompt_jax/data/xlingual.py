@@ -128,13 +128,16 @@ def _sib200_source(data_dir: str, language: str, splits: Sequence[str],
                    k: int | None = None, seed: int | None = None) -> seqio.DataSource:
   """Reads the TSVs when data is requested; the train split is k-shot if `seed` is set."""
 
-  def dataset_fn(split: str, shuffle_files: bool) -> tf.data.Dataset:
-    del shuffle_files  # One file per split; SeqIO shuffles examples.
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    # One file per split; SeqIO shuffles examples. seqio passes `seed` when a run is seeded
+    # (it must be accepted); the k-shot draw uses the task's own `k_seed` instead.
+    del shuffle_files, seed
     rows = read_sib200_split(data_dir, language, split)
-    if split == "train" and seed is not None:
-      rows = sample_k_shot(rows, k, seed)
+    if split == "train" and k_seed is not None:
+      rows = sample_k_shot(rows, k, k_seed)
     return _rows_dataset(rows)
 
+  k_seed = seed
   return seqio.FunctionDataSource(dataset_fn, splits=splits)
 
 
