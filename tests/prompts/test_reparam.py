@@ -108,6 +108,10 @@ def test_fixed_layer_norm_is_bitwise_unchanged_and_the_export_is_p_prime(tmp_pat
   exported = np.load(tmp_path / "fixed" / "prompts" / "prompt_4.npy", allow_pickle=False)
   np.testing.assert_array_equal(exported, effective_prompt(model, merged))
   np.testing.assert_allclose(exported, _numpy_reparam(merged["prompt"]), rtol=1e-4, atol=1e-5)
+  # What the run used is the init affine itself (ones, zeros) bit for bit, not a moved copy.
+  fresh = opt_lib.merge_params(result.trainable, {"prompt": {"layer_norm": {
+      "scale": np.ones(D, np.float32), "bias": np.zeros(D, np.float32)}}})
+  np.testing.assert_array_equal(exported, effective_prompt(model, fresh))
   # With the option on, the same run moves the LayerNorm affine (the test above can fail).
   _, _, frozen_t, trained_ln = _reparam_run(tmp_path / "trained", 4, train_layer_norm=True)
   assert "layer_norm" not in frozen_t.get("prompt", {})
