@@ -92,3 +92,26 @@ def test_one_command_trains_on_english_and_tables_every_language(tmp_path):
   info = json.loads((study / "prompt_P=2" / "seed1" / "xlingual.json").read_text())
   assert info["prompt_file"].endswith("prompt_2.npy") and info["placement"] == "prefix"
   assert sorted(info["languages"]) == sorted(LANGS)
+
+
+def test_shipped_study_files_parse_into_the_papers_settings():
+  req = ["STUDY_DIR = '/tmp/x'", "INITIAL_CHECKPOINT_PATH = '/ckpt'"]
+  sib = crosslingual.parse_study(["xlingual/sib200_mt5.gin"], [*req, "SIB200_DIR = '/d'"])
+  assert list(sib.seeds) == [0, 1, 2, 3] and list(sib.sib200_shots) == [8, 32, 512, None]
+  assert [s for s in sib.settings if s.startswith("prompt P=")] == [
+      f"prompt P={n}" for n in (1, 5, 10, 20, 50)]
+  assert {"reparam P=10", "model tuning"} <= set(sib.settings)
+  assert sib.mode == "rank_classification" and "models/mt5.gin" in sib.common
+  xnli = crosslingual.parse_study(["xlingual/xnli_mt5.gin"], req)
+  assert xnli.train_task == "xnli_mnli_train" and xnli.eval_tasks == "xnli_eval"
+  gym = crosslingual.parse_study(["xlingual/gym_scripts.gin"], [])
+  assert gym.gym is not None and set(gym.eval_tasks) == {"latin", "near", "half", "upper",
+                                                         "symbols"}
+  for path in (crosslingual_gin_dir()).glob("*.gin"):
+    text = path.read_text()
+    assert "Required" in text and "Commonly overridden" in text and "prompt-jax " in text
+
+
+def crosslingual_gin_dir():
+  from prompt_jax import cli
+  return cli.GIN_DIR / "xlingual"
