@@ -6,7 +6,7 @@ them. The study then tunes each setting on the training script's no-word task on
 (`skill_gym_script_latin_<skill>_noword`) and evaluates zero-shot on the same skill's
 no-word task in every script (near: sharing most symbols with Latin; distant: none).
 
-    prompt-jax xlingual --gin_file=xlingual/gym_scripts.gin     # about 6 min on 2 cores
+    prompt-jax xlingual --gin_file=xlingual/gym_scripts.gin     # about 7 min on 2 shared cores (measured)
 
 Everything here is a gym result, never one of the papers' benchmarks.
 """
