@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # CUDA and CPU features are noise here). Lines TF prints before its logging is set up still
   # appear; real failures still raise. `TF_CPP_MIN_LOG_LEVEL=0` shows everything again.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  if argv and argv[0] in ("bench", "demo"):  # They own their flags.
+  if argv and argv[0] in ("bench", "demo", "xlingual"):  # They own their flags.
     import importlib
     return importlib.import_module(f"prompt_jax.{argv[0]}").main(argv[1:]) or 0
   try:

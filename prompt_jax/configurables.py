@@ -1,11 +1,13 @@
 """Every library object gin can bind, registered in one place (gin stays at the edges).
 
-    prompts.Prompt, prompts.PromptBank                       prompt modules (PROMPT = @...())
+    prompts.Prompt, prompts.PromptBank, prompts.ReparamPrompt  prompt modules (PROMPT = @...())
+    prompts.reparam_param_groups                             the reparameterised prompt's groups
     initializers.RandomUniform, ReferenceUniform, SampledVocab, ClassLabels, FromString,
       FromFile                                               prompt initializers (PROMPT_INIT)
     optim.OptimizerConfig, optim.ParamGroups                 parameter groups and settings
     trainer.TrainerConfig                                    loop settings the run files do
                                                              not set (health bounds, logging)
+    xlingual.Study, xlingual.GymStudy                        cross-lingual tables (studies/)
 
 A method of your own registers its module the same way in your own Python module, e.g.
 `gin.external_configurable(MyPrompt, module="my")`, and your gin file imports it with an
@@ -16,12 +18,16 @@ from __future__ import annotations
 
 import gin
 
-from prompt_jax.prompts import initializers, lester
+from prompt_jax.prompts import initializers, lester, reparam
+from prompt_jax.studies import crosslingual, gym_scripts
 from prompt_jax.train import optimizer
 from prompt_jax.train import trainer
 
 Prompt = gin.external_configurable(lester.Prompt, module="prompts")
 PromptBank = gin.external_configurable(lester.PromptBank, module="prompts")
+ReparamPrompt = gin.external_configurable(reparam.ReparamPrompt, module="prompts")
+reparam_param_groups = gin.external_configurable(reparam.param_groups,
+                                                 name="reparam_param_groups", module="prompts")
 
 for _name in ("RandomUniform", "ReferenceUniform", "SampledVocab", "ClassLabels",
               "FromString", "FromFile"):
@@ -35,3 +41,7 @@ ParamGroups = gin.external_configurable(optimizer.ParamGroups, module="optim")
 # Built by `runs.train` through this wrapper, so e.g.
 # `--gin.trainer.TrainerConfig.max_param_norm=1e8` reaches the loop.
 TrainerConfig = gin.external_configurable(trainer.TrainerConfig, module="trainer")
+
+# A cross-lingual table (`prompt-jax xlingual`, gin/xlingual/*.gin) and the gym's backbone.
+Study = gin.external_configurable(crosslingual.Study, module="xlingual")
+GymStudy = gin.external_configurable(gym_scripts.GymStudy, module="xlingual")

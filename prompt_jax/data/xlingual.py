@@ -128,13 +128,16 @@ def _sib200_source(data_dir: str, language: str, splits: Sequence[str],
                    k: int | None = None, seed: int | None = None) -> seqio.DataSource:
   """Reads the TSVs when data is requested; the train split is k-shot if `seed` is set."""
 
-  def dataset_fn(split: str, shuffle_files: bool) -> tf.data.Dataset:
-    del shuffle_files  # One file per split; SeqIO shuffles examples.
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    # One file per split; SeqIO shuffles examples. seqio passes `seed` when a run is seeded
+    # (it must be accepted); the k-shot draw uses the task's own `k_seed` instead.
+    del shuffle_files, seed
     rows = read_sib200_split(data_dir, language, split)
-    if split == "train" and seed is not None:
-      rows = sample_k_shot(rows, k, seed)
+    if split == "train" and k_seed is not None:
+      rows = sample_k_shot(rows, k, k_seed)
     return _rows_dataset(rows)
 
+  k_seed = seed
   return seqio.FunctionDataSource(dataset_fn, splits=splits)
 
 
@@ -234,3 +237,50 @@ def language_table(results: Mapping[str, tuple[Sequence[str], Sequence[str]]],
   lines += [f"{r.language:<{width}}  {r.examples:>6}  {r.accuracy:>8.2f}  {r.macro_f1:>8.2f}"
             for r in rows]
   return rows, "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedCell:
+  """One (setting, language) cell: a metric's mean and standard deviation over seeds."""
+  setting: str
+  language: str
+  metric: str
+  mean: float
+  std: float
+  seeds: int
+
+
+def seed_table(results: Mapping[tuple[str, int, str], Mapping[str, float]],
+               metrics: Sequence[str]) -> list[SeedCell]:
+  """Mean +- std over seeds per (setting, language), plus an 'average' row per setting.
+
+  Args:
+    results: (setting, seed, language) -> {metric: value} (percent).
+    metrics: the metric names to tabulate (e.g. accuracy, mean_7class_f1).
+
+  Returns:
+    Cells in the order settings and languages first appear; each setting ends with
+    'average': per seed the unweighted mean over its languages, then mean +- std over seeds.
+    std is the population standard deviation (0 for one seed).
+  """
+  settings = list(dict.fromkeys(s for s, _, _ in results))
+  languages = list(dict.fromkeys(lang for _, _, lang in results))
+  cells = []
+  for setting in settings:
+    seeds = sorted({seed for s, seed, _ in results if s == setting})
+    for metric in metrics:
+      per_seed_avg = {seed: [] for seed in seeds}
+      for lang in languages:
+        values = [results[(setting, seed, lang)][metric] for seed in seeds
+                  if (setting, seed, lang) in results]
+        if not values:
+          continue
+        for seed in seeds:
+          if (setting, seed, lang) in results:
+            per_seed_avg[seed].append(results[(setting, seed, lang)][metric])
+        cells.append(SeedCell(setting, lang, metric, float(np.mean(values)),
+                              float(np.std(values)), len(values)))
+      averages = [float(np.mean(v)) for v in per_seed_avg.values() if v]
+      cells.append(SeedCell(setting, "average", metric, float(np.mean(averages)),
+                            float(np.std(averages)), len(averages)))
+  return cells

@@ -1,0 +1,1 @@
+"""Studies: multi-run drivers that train several settings and tabulate their results."""
