@@ -76,7 +76,8 @@ _GIN_PARSE_ERRORS = (ValueError, KeyError, IOError, SyntaxError, ImportError,
                      tokenize.TokenError)
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str = "") -> str:
+def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str = "", *,
+              check_macros: bool = False) -> str:
   """Parses gin files (order-independently) then bindings; returns the config string."""
   import gin
   import prompt_jax.runs  # noqa: F401  Registers the configurables.
@@ -95,7 +96,8 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str =
   if results[0] != results[1]:
     raise CliError("The --gin_file files bind the same parameter differently, so the result "
                    "would depend on their order; keep one binding (or use --gin.NAME=VALUE).")
-  check_macro_flags(bindings, resolved)
+  if check_macros:  # Command-line flags: a macro nothing uses is a typo.
+    check_macro_flags(bindings, resolved)
   try:
     gin.parse_config(list(bindings))
   except _GIN_PARSE_ERRORS as e:
@@ -216,7 +218,7 @@ def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -
                    f"--gin_file=runs/prompt_{'finetune' if args.command == 'train' else args.command}.gin.")
   if args.tfds_data_dir:
     bindings = [*bindings, f"{_run_fn_name(args.command)}.tfds_data_dir = '{args.tfds_data_dir}'"]
-  parse_gin(args.gin_file, bindings, args.gin_search_paths)
+  parse_gin(args.gin_file, bindings, args.gin_search_paths, check_macros=True)
   _run(args.command)
   return 0
 

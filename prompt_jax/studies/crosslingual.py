@@ -143,7 +143,8 @@ def train_run(study: Study, checkpoint: str, setting: Sequence[str], seed: int,
   files, bindings = split_entries([*study.common, *macros, *setting])
   bindings += [f"MODEL_DIR = '{run_dir}'",
                f"MIXTURE_OR_TASK_NAME = '{study.train_task.format(seed=seed)}'",
-               f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'", f"train.seed = {seed}"]
+               f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'", f"train.seed = {seed}",
+               "trainer.TrainerConfig.progress_bar = False"]
   cli.parse_gin(files, bindings, search_paths)
   has_prompt = _query("train.prompt", None) is not None
   placement = _query("%PROMPT_PLACEMENT", "prefix") if has_prompt else None
