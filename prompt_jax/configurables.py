@@ -1,6 +1,7 @@
 """Every library object gin can bind, registered in one place (gin stays at the edges).
 
     prompts.Prompt, prompts.PromptBank                       prompt modules (PROMPT = @...())
+    prompts.EPTPrompt, ept.param_groups                      EPT-style / DePT (methods/ept.gin, ...)
     initializers.RandomUniform, ReferenceUniform, SampledVocab, ClassLabels, FromString,
       FromFile                                               prompt initializers (PROMPT_INIT)
     optim.OptimizerConfig, optim.ParamGroups                 parameter groups and settings
@@ -14,11 +15,15 @@ from __future__ import annotations
 
 import gin
 
-from prompt_jax.prompts import initializers, lester
+from prompt_jax.prompts import ept, initializers, lester
 from prompt_jax.train import optimizer
 
 Prompt = gin.external_configurable(lester.Prompt, module="prompts")
 PromptBank = gin.external_configurable(lester.PromptBank, module="prompts")
+EPTPrompt = gin.external_configurable(ept.EPTPrompt, module="prompts")
+# Its three parameter groups (prompt, low_rank, mixer), each with its own learning rate.
+EPTParamGroups = gin.external_configurable(ept.param_groups, name="param_groups",
+                                           module="ept")
 
 for _name in ("RandomUniform", "ReferenceUniform", "SampledVocab", "ClassLabels",
               "FromString", "FromFile"):
