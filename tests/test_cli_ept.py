@@ -38,3 +38,26 @@ def test_ept_trains_from_gin_and_prompt_plus_offset_evaluate_alike(tmp_path):
   assert keys and {k: fresh[k] for k in keys} == {k: final[k] for k in keys}
   assert ((eval_dir / "inference" / f"{TASK}-eval.jsonl").read_text()
           == (run / "inference" / f"{TASK}-{STEPS}.jsonl").read_text())
+
+
+def test_bench_method_times_the_budget_matched_method_against_the_plain_prompt(capsys):
+  """`prompt-jax bench --method ept` on the tiny model: the JSON's shape (never its speed)."""
+  import json
+  from prompt_jax import bench
+  argv = ["--tiny", "--steps", "1", "--warmup", "0", "--dropout_rate", "0", "--in_process",
+          "--method", "ept"]
+  assert bench.main(argv) == 0
+  result = json.loads(capsys.readouterr().out.strip())
+  assert result["method"] == "ept"
+  setting = result["setting"]
+  assert setting["short_length"] == 60 and setting["max_length"] == 12
+  # Budget-matched: within one rank's worth of the plain 100-token prompt (d_model 16).
+  assert 0 <= setting["budget_trainable_params"] - setting["trainable_params"] < 12 + 16
+  assert setting["budget_trainable_params"] == 100 * 16
+  for mode in bench.METHOD_MODES:
+    assert result[mode]["steps_per_s"] > 0 and result[mode]["flops_per_step"] > 0
+  for kind in ("train", "eval"):
+    assert result[f"{kind}_time_ratio"] == pytest.approx(
+        result[f"budget_prompt_{kind}"]["steps_per_s"] / result[f"method_{kind}"]["steps_per_s"])
+  # Shorter encoder sequences (60 + 12 vs 100 + 12 positions): fewer FLOPs per step.
+  assert result["method_train"]["flops_per_step"] < result["budget_prompt_train"]["flops_per_step"]
