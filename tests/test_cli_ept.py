@@ -61,3 +61,22 @@ def test_bench_method_times_the_budget_matched_method_against_the_plain_prompt(c
         result[f"budget_prompt_{kind}"]["steps_per_s"] / result[f"method_{kind}"]["steps_per_s"])
   # Shorter encoder sequences (60 + 12 vs 100 + 12 positions): fewer FLOPs per step.
   assert result["method_train"]["flops_per_step"] < result["budget_prompt_train"]["flops_per_step"]
+
+
+@pytest.mark.parametrize("method", ["dept", "dept_fusion", "dept_multispace", "ept",
+                                    "prompt_tuning"])
+def test_the_13_task_suite_files_parse_with_every_method(method):
+  import gin
+  from prompt_jax import cli
+  from prompt_jax.data import suites
+  tasks = sorted(p.stem for p in (cli.GIN_DIR / "tables" / "ept13").glob("*.gin")
+                 if p.stem != "common")
+  assert tasks == sorted(suites.DEPT_TASKS)
+  try:
+    for task in tasks:
+      config = cli.parse_gin([f"tables/ept13/{task}.gin", f"methods/{method}.gin"],
+                             ["MODEL_DIR='/tmp/x'", "INITIAL_CHECKPOINT_PATH='/tmp/ckpt'"])
+      assert f"'dept_{task}'" in config and "d_model = 768" in config, task
+      assert ("EPTPrompt" in config) == (method != "prompt_tuning")
+  finally:
+    gin.clear_config()
