@@ -15,8 +15,11 @@ fresh prompt is tuned on `skill_gym_<skill>_noword` for each of:
 All start from sampled-vocab rows, train with the library's trainer (the prompt at LR 0.3,
 the low-rank and fusion / projection weights at `--low_rank_lr`), and are scored by greedy
 exact match (percent) on held-out test rows, once with the training module and once as
-exported (`.npy` prompt + input offset in an `OffsetPrompt`). Step time is the median
-seconds per step of the logged training throughput (compilation excluded).
+exported (`.npy` prompt + input offset in an `OffsetPrompt`); validation exact match (128
+rows) every `--eval_period` steps gives the learning curve. Step time: each method's
+compiled train step and teacher-forced eval step on one gym batch, timed in rounds (one
+step of each method per round, `prompt_jax.bench.time_in_rounds`), so a shared machine's
+load hits every method alike; the median of `--timing_rounds` rounds.
 
 Writes `<out>/results.json`, `<out>/table.md` and `<out>/ept_gym.png` (accuracy and step
 time per method and skill). These are skill-gym results, never the paper's benchmarks.
@@ -28,7 +31,6 @@ import argparse
 import json
 import logging
 import pathlib
-import statistics
 import sys
 import time
 from typing import Any, Sequence
@@ -42,7 +44,8 @@ from prompt_jax.data import skill_gym as gym
 from prompt_jax.models import T5Transformer
 from prompt_jax.prompts import Prompt, ept, init_prompt_params, initializers
 from prompt_jax.prompts import effective
-from prompt_jax.train import inputs, trainer
+from prompt_jax import bench
+from prompt_jax.train import builder, inputs, trainer
 from prompt_jax.train import optimizer as opt_lib
 from prompt_jax.train.metrics_writer import read_metrics
 
@@ -93,6 +96,14 @@ def run_one(name: str, skill: str, args: argparse.Namespace, backbone: Any,
   init = {"prompt": init_prompt_params(module, jax.random.PRNGKey(args.seed), model.config.d_model)}
   run_dir = out / skill / name
   task = gym.task_name(skill, with_word=False)
+  val = demo.make_evaluator(prompted, frozen, task, demo.eval_rows(
+      bb, skill, "validation", 128, with_word=False), eval_len, 128)
+  curve = {}
+
+  def evaluator(trainable, step):
+    curve[step] = demo.exact_match(val, trainable)[0]
+    return {"exact_match": curve[step]}
+
   t0 = time.perf_counter()
   result = trainer.train(
       prompted, frozen, init, groups=groups_for(name, args.low_rank_lr),
@@ -100,10 +111,10 @@ def run_one(name: str, skill: str, args: argparse.Namespace, backbone: Any,
                                    batch_size=args.batch_size, seed=args.seed),
       cfg=trainer.TrainerConfig(model_dir=str(run_dir), train_steps=args.steps,
                                 checkpoint_period=args.steps, log_period=10, seed=args.seed,
-                                enable_dropout=False, progress_bar=False))
+                                eval_period=args.eval_period, enable_dropout=False,
+                                progress_bar=False), evaluator=evaluator)
   wall = time.perf_counter() - t0
   train = [m for m in read_metrics(run_dir) if m["split"] == "train"]
-  step_s = statistics.median(args.batch_size / m["examples_per_s"] for m in train[1:])
   rows = demo.eval_rows(bb, skill, "test", args.test_examples, with_word=False)
   ev = demo.make_evaluator(prompted, frozen, task, rows, eval_len, 128)
   em, _ = demo.exact_match(ev, result.trainable)
@@ -114,7 +125,7 @@ def run_one(name: str, skill: str, args: argparse.Namespace, backbone: Any,
                                   trainable)
   gate = [train[-1][k] for k in sorted(train[-1]) if k.startswith("diag/")]
   row = {"method": name, "skill": skill, "exact_match": em, "exact_match_exported": em_export,
-         "step_s": step_s, "wall_s": wall, "final_loss": train[-1]["loss"],
+         "validation_curve": curve, "wall_s": wall, "final_loss": train[-1]["loss"],
          "trainable": opt_lib.count_params(result.trainable),
          "short_length": exported["prompt"].shape[0],
          "rank": (module.resolved_rank(model.config.d_model) if METHODS[name] else 0),
@@ -123,16 +134,66 @@ def run_one(name: str, skill: str, args: argparse.Namespace, backbone: Any,
   return row
 
 
+class _StepRunner:
+  """One method's compiled train (or eval) step on a fixed gym batch (bench's Runner)."""
+
+  def __init__(self, module, model, frozen, batch, groups, eval_step: bool):
+    prompted = T5Transformer(model.config, prompt=module)
+    setup = builder.build(prompted, groups, builder.make_mesh(1, jax.devices()[:1]),
+                          enable_dropout=False)
+    init = {"prompt": init_prompt_params(module, jax.random.PRNGKey(0), model.config.d_model)}
+    self.eval_step, self.frozen = eval_step, setup.put_frozen(frozen)
+    self.batch = setup.put_batch(batch)
+    self.state = (jax.device_put(init, setup.trainable_sharding) if eval_step
+                  else setup.init_state(init, 0))
+    fn = setup.eval_fn if eval_step else setup.step_fn
+    self.fn = fn.lower(self.state, self.frozen, self.batch).compile()
+
+  def step(self) -> float:
+    t0 = time.perf_counter()
+    if self.eval_step:
+      jax.block_until_ready(self.fn(self.state, self.frozen, self.batch))
+    else:
+      self.state, sums = self.fn(self.state, self.frozen, self.batch)
+      jax.block_until_ready((self.state, sums))
+    return time.perf_counter() - t0
+
+
+def time_steps(skill: str, args: argparse.Namespace, backbone: Any, lengths: dict
+               ) -> dict[str, dict[str, float]]:
+  """{method: {"train_s", "eval_s"}}: median step seconds, all methods timed in rounds."""
+  model, frozen = backbone
+  task = gym.task_name(skill, with_word=False)
+  batch = next(inputs.batch_factory(task, split="train", task_feature_lengths=lengths["prompt"],
+                                    batch_size=args.batch_size, seed=args.seed)(0))
+  max_length = demo.eval_lengths(lengths)["inputs"]
+  embedding = np.asarray(frozen["token_embedder"]["embedding"])
+  out: dict[str, dict[str, float]] = {name: {} for name in args.methods}
+  for kind in ("train", "eval"):
+    runners = {name: _StepRunner(make_module(name, max_length, embedding), model, frozen, batch,
+                                 groups_for(name, args.low_rank_lr), kind == "eval")
+               for name in args.methods}
+    for name, s in bench.time_in_rounds(runners, args.timing_rounds, 3, pause_s=0.01).items():
+      out[name][f"{kind}_s"] = s
+  return out
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
   """A Markdown table: one line per (skill, method)."""
-  base = {r["skill"]: r["step_s"] for r in rows if r["method"] == "prompt_100"}
-  lines = ["| skill | method | S | R | trainable | exact match % | exported % | step ms | "
-           "step time vs P=100 |", "|---|---|---|---|---|---|---|---|---|"]
+  base = {r["skill"]: r for r in rows if r["method"] == "prompt_100"}
+  lines = ["| skill | method | S | R | trainable | val. EM % by step | test EM % | exported "
+           "% | train step ms (x P=100) | eval step ms (x P=100) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    ratio = r["step_s"] / base[r["skill"]] if r["skill"] in base else float("nan")
-    lines.append(f"| {r['skill']} | {r['method']} | {r['short_length']} | {r['rank']} | "
-                 f"{r['trainable']:,} | {r['exact_match']:.1f} | "
-                 f"{r['exact_match_exported']:.1f} | {1000 * r['step_s']:.1f} | {ratio:.2f} |")
+    b = base.get(r["skill"], r)
+    curve = " / ".join(f"{v:.0f}" for _, v in sorted(r["validation_curve"].items(),
+                                                      key=lambda kv: int(kv[0])))
+    lines.append(
+        f"| {r['skill']} | {r['method']} | {r['short_length']} | {r['rank']} | "
+        f"{r['trainable']:,} | {curve} | {r['exact_match']:.1f} | "
+        f"{r['exact_match_exported']:.1f} | {1000 * r['train_s']:.1f} "
+        f"({r['train_s'] / b['train_s']:.2f}) | {1000 * r['eval_s']:.1f} "
+        f"({r['eval_s'] / b['eval_s']:.2f}) |")
   return "\n".join(lines)
 
 
@@ -150,7 +211,7 @@ def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
     by = {r["method"]: r for r in rows if r["skill"] == skill}
     xs = np.arange(len(names)) + i * width
     axes[0].bar(xs, [by[n]["exact_match"] for n in names], width, label=skill)
-    axes[1].bar(xs, [1000 * by[n]["step_s"] for n in names], width, label=skill)
+    axes[1].bar(xs, [1000 * by[n]["train_s"] for n in names], width, label=skill)
   for ax, ylabel in zip(axes, ("test exact match (%)", "train step (ms, median)")):
     ax.set_xticks(np.arange(len(names)) + width * (len(skills) - 1) / 2, names, rotation=20)
     ax.set_ylabel(ylabel)
@@ -170,6 +231,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--low_rank_lr", type=float, default=1e-2,
                  help="LR of A / B and the fusion / projection weights (the prompt's is 0.3).")
   p.add_argument("--test_examples", type=int, default=500)
+  p.add_argument("--eval_period", type=int, default=50)
+  p.add_argument("--timing_rounds", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--cache_dir", default=None, help="backbone cache root (the demo's default)")
   p.add_argument("--out", default="ept_gym_runs")
@@ -189,8 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lengths = demo.register_data(bb, skill)
     backbone_dir = demo.ensure_backbone(bb, cache, lengths["mixture"], log=logging.info)
     backbone = load_pretrained(backbone_dir)
+    times = time_steps(skill, args, backbone, lengths)
     for name in args.methods:
-      rows.append(run_one(name, skill, args, backbone, lengths, out))
+      rows.append({**run_one(name, skill, args, backbone, lengths, out), **times[name]})
   table = format_table(rows)
   (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
   (out / "table.md").write_text(table + "\n")

@@ -237,3 +237,30 @@ def test_resume_ends_bitwise_where_an_uninterrupted_run_ends(tmp_path):
     np.testing.assert_array_equal(x, y)
   # Training moved the low-rank part, so the offset is live in the exported file.
   assert np.any(np.load(tmp_path / "split" / "prompts" / "input_offset_4.npy") != 0)
+
+
+class _DiagnosedPrompt(Prompt):
+  """A plain prompt that sows a scalar and a vector diagnostic (the adapter's generic seam)."""
+
+  @nn.compact
+  def prompt(self, d_model):
+    raw = self.param("prompt", self.initializer, (self.length, d_model))
+    self.sow("diagnostics", "norm", jnp.sum(raw ** 2))
+    self.sow("diagnostics", "row_means", jnp.mean(raw, axis=1))
+    return raw
+
+
+def test_sown_diagnostics_are_reported_flattened_and_never_change_the_loss():
+  cfg = tiny_config()
+  frozen = frozen_params(cfg)
+  module = _DiagnosedPrompt(2)
+  params = {**frozen, "prompt": init_prompt_params(module, jax.random.PRNGKey(0), cfg.d_model)}
+  batch = next(copy_task_batches(0, batch_size=2))
+  loss, metrics = adapter_lib.ModelAdapter(T5Transformer(cfg, prompt=module)).loss(params, batch)
+  plain, _ = adapter_lib.ModelAdapter(T5Transformer(cfg, prompt=Prompt(2))).loss(params, batch)
+  np.testing.assert_array_equal(loss, plain)
+  raw = np.asarray(params["prompt"]["prompt"])
+  np.testing.assert_allclose(metrics["diag/prompt/norm"][0], np.sum(raw ** 2), rtol=1e-6)
+  for i in range(2):
+    np.testing.assert_allclose(metrics[f"diag/prompt/row_means/{i}"][0], raw[i].mean(),
+                               rtol=1e-5, atol=1e-7)
