@@ -264,3 +264,24 @@ def test_sown_diagnostics_are_reported_flattened_and_never_change_the_loss():
   for i in range(2):
     np.testing.assert_allclose(metrics[f"diag/prompt/row_means/{i}"][0], raw[i].mean(),
                                rtol=1e-5, atol=1e-7)
+
+
+def test_a_2x4_mesh_gives_the_single_device_loss():
+  """The replicated A / B / fusion / projection parameters shard like the prompt."""
+  cfg, module, params = _setup(fusion=True, num_subspaces=2)
+  params = _randomize(params, jax.random.PRNGKey(7))
+  groups = ept.param_groups(0.3, 1e-2, 1e-2)
+  trainable, frozen = opt_lib.split_params(params, groups.labels(params))
+  model = T5Transformer(cfg, prompt=module)
+
+  def losses(mesh):
+    setup = builder.build(model, groups, mesh, enable_dropout=False)
+    state, placed = setup.init_state(trainable, 0), setup.put_frozen(frozen)
+    data, out = copy_task_batches(0), []
+    for _ in range(2):
+      state, metrics = setup.step_fn(state, placed, next(data))
+      out.append(adapter_lib.reduce_metrics(metrics)["loss"])
+    return out
+
+  single = losses(builder.make_mesh(1, jax.devices()[:1]))
+  np.testing.assert_allclose(losses(builder.make_mesh(4)), single, rtol=2e-5, atol=2e-6)
