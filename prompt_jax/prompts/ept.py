@@ -279,6 +279,12 @@ def apply_offset_and_combine(p: Array, offset: Array, embedded: Array, tokens: A
   Returns:
     [B, S + min(L, M), D] and its mask.
   """
+  if embedded.ndim != 3 or tokens.shape != embedded.shape[:2] or mask.shape != tokens.shape:
+    raise ValueError(f"Expected embedded [B, L, D], tokens and mask [B, L]; got "
+                     f"{embedded.shape}, {tokens.shape}, {mask.shape}.")
+  if offset.shape[-1] != embedded.shape[-1] or p.shape[-1] != embedded.shape[-1]:
+    raise ValueError(f"Prompt {p.shape} and offset {offset.shape} must have D = "
+                     f"{embedded.shape[-1]}.")
   max_length = offset.shape[0]
   if embedded.shape[1] > max_length:
     logging.warning("Inputs of length %d are cut to L_max=%d (the offset's rows), as DePT's "
