@@ -38,7 +38,25 @@ How it measures:
     `--in_process` runs everything in one process instead (faster to start, used by the
     tests); then each figure is the process-wide peak, cumulative over the modes.
 
-Run: `prompt-jax bench --peer peft` (a few minutes on 2 CPU cores, mostly compiling).
+With `--method NAME` (dept, dept_fusion, dept_multispace, ept: the `gin/methods/` files of
+`prompt_jax.prompts.ept`) the bench times that comparison instead of the modes above:
+
+  {"matmul_peak_flops": ..., "method": NAME,
+   "setting": {"budget_length", "short_length", "rank", "max_length", "trainable_params",
+               "budget_trainable_params"},
+   "budget_prompt_train" / "method_train" / "budget_prompt_eval" / "method_eval":
+       {"steps_per_s", "examples_per_s", "flops_per_step", "peak_rss_mb"},
+   "train_time_ratio": method step time / plain-prompt step time (< 1: the method is faster),
+   "eval_time_ratio": the same for the eval step}
+
+  * budget_prompt_*: a plain prompt of `--budget_length` rows (default 100).
+  * method_*: the method's EPTPrompt with `--short_length` rows (default 60), L_max = the
+    input length and R budget-matched (`ept.budget_rank`), its three parameter groups.
+  * *_train: the train step; *_eval: the teacher-forced eval step (`TrainSetup.eval_fn`, the
+    loss and token accuracy without dropout), not decoding.
+
+Run: `prompt-jax bench --peer peft` (a few minutes on 2 CPU cores, mostly compiling);
+`prompt-jax bench --method dept` for the DePT / EPT-style speed comparison.
 """
 
 from __future__ import annotations
@@ -59,6 +77,11 @@ import numpy as np
 
 MODES = ("prompt_tuning", "model_tuning")
 PEER_MODE = "peft_prompt_tuning"
+METHOD_MODES = ("budget_prompt_train", "method_train", "budget_prompt_eval", "method_eval")
+# `--method`: the EPTPrompt switches of each gin/methods/ file.
+METHODS = {"dept": {}, "dept_fusion": {"fusion": True},
+           "dept_multispace": {"num_subspaces": 4},
+           "ept": {"fusion": True, "num_subspaces": 4}}
 MATMUL = "matmul"
 # `--tiny` (the tests): a model that compiles in seconds, with unequal sizes.
 TINY_MODEL = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=1,
@@ -84,6 +107,9 @@ class BenchConfig:
   matmul_size: int = 2048
   tiny: bool = False
   seed: int = 0
+  method: str = ""  # "" or a METHODS key: the method comparison replaces the modes.
+  budget_length: int = 100
+  short_length: int = 60
 
 
 class Runner(Protocol):
@@ -193,10 +219,12 @@ class JaxStepRunner:
   """The library's compiled train step for `mode`, on placed state, frozen params and batch."""
 
   def __init__(self, mode: str, cfg: BenchConfig):
-    if mode not in MODES:
-      raise ValueError(f"Unknown mode {mode!r}; one of {MODES}.")
+    if mode not in MODES + METHOD_MODES:
+      raise ValueError(f"Unknown mode {mode!r}; one of {MODES + METHOD_MODES}.")
     start = time.perf_counter()
-    self.compiled, self.state, self.frozen, self.batch = build_train_step(mode, cfg)
+    self.eval = mode.endswith("_eval")
+    self.compiled, self.state, self.frozen, self.batch, self.counts = build_train_step(mode,
+                                                                                       cfg)
     self.flops = cost_flops(self.compiled)
     logging.info("%s: built and compiled in %.1f s; %.2f GFLOP per step", mode,
                  time.perf_counter() - start, self.flops / 1e9)
@@ -204,12 +232,29 @@ class JaxStepRunner:
   def step(self) -> float:
     import jax
     start = time.perf_counter()
+    if self.eval:  # `state` is the trainable subtree here (nothing is donated).
+      jax.block_until_ready(self.compiled(self.state, self.frozen, self.batch))
+      return time.perf_counter() - start
     self.state, sums = self.compiled(self.state, self.frozen, self.batch)  # Donates state.
     jax.block_until_ready((self.state, sums))
     return time.perf_counter() - start
 
   def summary(self) -> dict[str, float]:
-    return {"flops_per_step": self.flops, "peak_rss_mb": peak_rss_mb()}
+    return {"flops_per_step": self.flops, "peak_rss_mb": peak_rss_mb(), **self.counts}
+
+
+def method_prompt(mode: str, cfg: BenchConfig, d_model: int):
+  """(prompt module, parameter groups) of a `--method` mode."""
+  from prompt_jax.prompts import Prompt, ept
+  from prompt_jax.train import optimizer as opt_lib
+  if mode.startswith("budget_prompt"):
+    return Prompt(cfg.budget_length), opt_lib.PROMPT_TUNING
+  if cfg.method not in METHODS:
+    raise ValueError(f"Unknown --method {cfg.method!r}; one of {sorted(METHODS)}.")
+  module = ept.EPTPrompt(length=cfg.short_length, max_length=cfg.input_length,
+                         budget_length=cfg.budget_length, **METHODS[cfg.method])
+  module.resolved_rank(d_model)  # Fails here, readably, when the budget leaves no rank.
+  return module, ept.param_groups()
 
 
 def build_train_step(mode: str, cfg: BenchConfig):
@@ -222,19 +267,30 @@ def build_train_step(mode: str, cfg: BenchConfig):
   from prompt_jax.train import optimizer as opt_lib
 
   config = model_config(cfg)
-  model = T5Transformer(config, prompt=Prompt(cfg.prompt_length))
-  groups = opt_lib.PROMPT_TUNING if mode == "prompt_tuning" else opt_lib.MODEL_TUNING
+  if mode in METHOD_MODES:
+    prompt, groups = method_prompt(mode, cfg, config.d_model)
+  else:
+    prompt = Prompt(cfg.prompt_length)
+    groups = opt_lib.PROMPT_TUNING if mode == "prompt_tuning" else opt_lib.MODEL_TUNING
+  model = T5Transformer(config, prompt=prompt)
   setup = builder.build(model, groups, builder.make_mesh(1, jax.devices()[:1]),
                         enable_dropout=cfg.dropout_rate > 0)
   params = random_params(nn.unbox(builder.abstract_params(model)), cfg.seed)
   trainable, frozen = opt_lib.split_params(params, groups.labels(params))
-  opt_lib.log_param_counts(trainable, frozen)
-  state = setup.init_state(trainable, cfg.seed)
+  n_train, _ = opt_lib.log_param_counts(trainable, frozen)
+  counts = {"trainable_params": float(n_train)}
+  if hasattr(prompt, "resolved_rank"):
+    counts["rank"] = float(prompt.resolved_rank(config.d_model))
   frozen = setup.put_frozen(frozen)
   batch = setup.put_batch(synthetic_batch(cfg, config.vocab_size))
-  fn = setup.step_fn
   options = TINY_COMPILER_OPTIONS if cfg.tiny else None
-  return fn.lower(state, frozen, batch).compile(options), state, frozen, batch
+  if mode.endswith("_eval"):
+    state = jax.device_put(trainable, setup.trainable_sharding)
+    fn = setup.eval_fn
+  else:
+    state = setup.init_state(trainable, cfg.seed)
+    fn = setup.step_fn
+  return fn.lower(state, frozen, batch).compile(options), state, frozen, batch, counts
 
 
 class PeftRunner:
@@ -376,7 +432,8 @@ def run_bench(cfg: BenchConfig, peers: Sequence[str] = (), *,
   for peer in peers:
     if peer != "peft":
       raise ValueError(f"Unknown peer {peer!r}; supported: 'peft'.")
-  names = [MATMUL, *MODES] + ([PEER_MODE] if "peft" in peers else [])
+  modes = METHOD_MODES if cfg.method else MODES
+  names = [MATMUL, *modes] + ([PEER_MODE] if "peft" in peers else [])
   runners: dict[str, Any] = {}
   try:
     for name in names:  # Children build side by side.
@@ -398,6 +455,8 @@ def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
              summaries: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
   """The benchmark's JSON object from median step times and runner summaries."""
   peak = summaries[MATMUL]["flops_per_step"] / seconds[MATMUL]
+  if cfg.method:
+    return assemble_method(cfg, peak, seconds, summaries)
   result: dict[str, Any] = {"matmul_peak_flops": peak}
   for mode in MODES:
     flops, steps_per_s = summaries[mode]["flops_per_step"], 1.0 / seconds[mode]
@@ -413,6 +472,29 @@ def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
                          "examples_per_s": cfg.batch_size * steps_per_s,
                          "peak_rss_mb": summaries[PEER_MODE]["peak_rss_mb"]}
     result["speedup_vs_peft"] = pt["steps_per_s"] / steps_per_s
+  return result
+
+
+def assemble_method(cfg: BenchConfig, peak: float, seconds: Mapping[str, float],
+                    summaries: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+  """The `--method` JSON object (see the module docstring)."""
+  method = summaries["method_train"]
+  result: dict[str, Any] = {"matmul_peak_flops": peak, "method": cfg.method, "setting": {
+      "budget_length": cfg.budget_length, "short_length": cfg.short_length,
+      "rank": int(method["rank"]), "max_length": cfg.input_length,
+      "trainable_params": int(method["trainable_params"]),
+      "budget_trainable_params": int(summaries["budget_prompt_train"]["trainable_params"])}}
+  for mode in METHOD_MODES:
+    steps_per_s = 1.0 / seconds[mode]
+    result[mode] = {"steps_per_s": steps_per_s, "examples_per_s": cfg.batch_size * steps_per_s,
+                    "flops_per_step": summaries[mode]["flops_per_step"],
+                    "peak_rss_mb": summaries[mode]["peak_rss_mb"]}
+  for kind in ("train", "eval"):
+    result[f"{kind}_time_ratio"] = (seconds[f"method_{kind}"]
+                                    / seconds[f"budget_prompt_{kind}"])
+  logging.info("%s vs a plain %d-token prompt: train step time x%.3f, eval step time x%.3f",
+               cfg.method, cfg.budget_length, result["train_time_ratio"],
+               result["eval_time_ratio"])
   return result
 
 
@@ -438,11 +520,19 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--dropout_rate", type=float, default=d.dropout_rate)
   p.add_argument("--matmul_size", type=int, default=d.matmul_size)
   p.add_argument("--seed", type=int, default=d.seed)
+  p.add_argument("--method", default=d.method, choices=["", *sorted(METHODS)],
+                 help="Time this EPT-style / DePT method against a plain --budget_length "
+                      "prompt (train and eval steps) instead of the default modes.")
+  p.add_argument("--budget_length", type=int, default=d.budget_length,
+                 help="--method: the plain prompt's rows (the parameter budget).")
+  p.add_argument("--short_length", type=int, default=d.short_length,
+                 help="--method: the method's short prompt rows S.")
   p.add_argument("--tiny", action="store_true",
                  help="A tiny model and shapes (tests); explicit shape flags still apply.")
   p.add_argument("--in_process", action="store_true",
                  help="Run every mode in this process (peak RSS becomes cumulative).")
-  p.add_argument("--serve", choices=MODES + (PEER_MODE, MATMUL), help=argparse.SUPPRESS)
+  p.add_argument("--serve", choices=MODES + METHOD_MODES + (PEER_MODE, MATMUL),
+                 help=argparse.SUPPRESS)
   return p
 
 

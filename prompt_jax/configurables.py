@@ -2,6 +2,7 @@
 
     prompts.Prompt, prompts.PromptBank, prompts.ReparamPrompt  prompt modules (PROMPT = @...())
     prompts.reparam_param_groups                             the reparameterised prompt's groups
+    prompts.EPTPrompt, ept.param_groups                      EPT-style / DePT (methods/ept.gin, ...)
     initializers.RandomUniform, ReferenceUniform, SampledVocab, ClassLabels, FromString,
       FromFile                                               prompt initializers (PROMPT_INIT)
     optim.OptimizerConfig, optim.ParamGroups                 parameter groups and settings
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import gin
 
-from prompt_jax.prompts import initializers, lester, reparam
+from prompt_jax.prompts import ept, initializers, lester, reparam
 from prompt_jax.studies import crosslingual, gym_scripts
 from prompt_jax.train import optimizer
 from prompt_jax.train import trainer
@@ -28,6 +29,10 @@ PromptBank = gin.external_configurable(lester.PromptBank, module="prompts")
 ReparamPrompt = gin.external_configurable(reparam.ReparamPrompt, module="prompts")
 reparam_param_groups = gin.external_configurable(reparam.param_groups,
                                                  name="reparam_param_groups", module="prompts")
+EPTPrompt = gin.external_configurable(ept.EPTPrompt, module="prompts")
+# Its three parameter groups (prompt, low_rank, mixer), each with its own learning rate.
+EPTParamGroups = gin.external_configurable(ept.param_groups, name="param_groups",
+                                           module="ept")
 
 for _name in ("RandomUniform", "ReferenceUniform", "SampledVocab", "ClassLabels",
               "FromString", "FromFile"):

@@ -333,11 +333,13 @@ def _train_built(built: Built, model_dir, mixture_or_task_name, task_feature_len
 
 
 def _prompted_from_file(checkpoint: str, prompt_file: str, placement: str,
-                        task_name: str):
+                        task_name: str, offset_file: str | None = None):
   """(adapter, frozen, trainable, task names) for `pretrained + exported prompt file`.
 
   A [P, D] file is a plain `Prompt`; a [T, P, D] file (a per-task export) a `PromptBank`
-  whose row t serves task id t of the mixture.
+  whose row t serves task id t of the mixture. With `offset_file` (an exported
+  `input_offset_<step>.npy` [M, D], e.g. of a DePT / EPT-style run) the [P, D] prompt comes
+  with that fixed offset on the input embeddings (`OffsetPrompt`).
   """
   if not prompt_file:
     raise UserError("PROMPT_FILE is not set (--gin.PROMPT_FILE=path/to/prompt.npy).")
@@ -355,8 +357,26 @@ def _prompted_from_file(checkpoint: str, prompt_file: str, placement: str,
     raise UserError(f"Prompt file {prompt_file} has shape {array.shape}; the model needs "
                     f"[P, {d}] (or [{len(names)}, P, {d}] for a per-task prompt of "
                     f"{task_name}).")
+  trainable = {"prompt": {"prompt": np.asarray(array, np.float32)}}
+  if offset_file:
+    prompt, trainable = _with_offset(offset_file, array, d, placement, trainable)
   adapter = adapter_lib.ModelAdapter(T5Transformer(base.config, prompt=prompt))
-  return adapter, frozen, {"prompt": {"prompt": np.asarray(array, np.float32)}}, names
+  return adapter, frozen, trainable, names
+
+
+def _with_offset(offset_file: str, array: np.ndarray, d: int, placement: str,
+                 trainable: dict) -> tuple[nn.Module, dict]:
+  """An `OffsetPrompt` (prompt [P, D] + fixed input offset [M, D]) and its parameters."""
+  from prompt_jax.prompts.ept import OFFSET_EXPORT, OffsetPrompt
+  if not pathlib.Path(offset_file).exists():
+    raise UserError(f"Offset file {offset_file} does not exist.")
+  offset = initializers.load_npy_prompt(offset_file)
+  if array.ndim != 2 or offset.ndim != 2 or offset.shape[1] != d or placement != "prefix":
+    raise UserError(f"OFFSET_FILE needs a [P, {d}] prompt at the prefix placement and an "
+                    f"[L_max, {d}] offset; got prompt {array.shape}, offset {offset.shape}, "
+                    f"placement {placement!r}.")
+  trainable["prompt"][OFFSET_EXPORT] = np.asarray(offset, np.float32)
+  return OffsetPrompt(array.shape[0], offset.shape[0]), trainable
 
 
 @gin.configurable
@@ -366,14 +386,18 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
              initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str = gin.REQUIRED,
              split: str = "validation", mode: str = "generation", batch_size: int = 32,
              max_examples: int | None = None, placement: str = "prefix",
-             tfds_data_dir: str | None = None) -> dict[str, float]:
-  """Evaluates `pretrained checkpoint + prompt file`; writes metrics.jsonl and inference."""
+             tfds_data_dir: str | None = None, offset_file: str | None = None
+             ) -> dict[str, float]:
+  """Evaluates `pretrained checkpoint + prompt file`; writes metrics.jsonl and inference.
+
+  `offset_file`: the run's exported input offset, for methods that export one.
+  """
   check_task(mixture_or_task_name, tfds_data_dir)
   _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples,
                    mode)
   write_config(model_dir)
   model, frozen, trainable, names = _prompted_from_file(
-      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name)
+      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file)
   ev = evaluation.Evaluator(model, frozen, names, split=split,
                             feature_lengths=task_feature_lengths, batch_size=batch_size,
                             max_examples=max_examples, mode=mode, model_dir=model_dir)
@@ -392,13 +416,14 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str = gin.REQUIRED,
           split: str = "test", batch_size: int = 32, max_examples: int | None = None,
-          placement: str = "prefix", tfds_data_dir: str | None = None) -> list[pathlib.Path]:
-  """Greedy predictions of `pretrained checkpoint + prompt file` as inference JSONL."""
+          placement: str = "prefix", tfds_data_dir: str | None = None,
+          offset_file: str | None = None) -> list[pathlib.Path]:
+  """Greedy predictions of `pretrained checkpoint + prompt file` (+ offset) as JSONL."""
   check_task(mixture_or_task_name, tfds_data_dir)
   _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples)
   write_config(model_dir)
   model, frozen, trainable, names = _prompted_from_file(
-      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name)
+      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file)
   paths = []
   for task in names:
     ev = evaluation.Evaluator(model, frozen, [task], split=split,

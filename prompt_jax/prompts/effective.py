@@ -4,6 +4,11 @@ A prompt module's `prompt(d_model)` method returns it: `[P, D]` for one prompt, 
 for a per-task bank. Export (`.npy`, `prompt_best.npy`, the PEFT adapter), evaluation of an
 exported file and interpretability all use this, never a raw parameter, so a reparameterised
 prompt exports what it computes and a plain `Prompt` loaded from that file reproduces it.
+
+A module whose encoder input needs more than the prompt (e.g. a learned input offset) may
+define `exports(d_model) -> {name: array}`; `effective_exports` returns those arrays, which
+the run writes beside the prompt as `prompts/<name>_<step>.npy`. Such a module sets
+`PEFT_UNSUPPORTED_REASON` (a sentence) and no PEFT adapter is written for it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,28 @@ def effective_prompt(model: nn.Module, params: Mapping[str, Any]) -> np.ndarray 
   return np.asarray(jax.device_get(out), np.float32)
 
 
+def effective_exports(model: nn.Module, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The prompt module's extra inference arrays {name: float32 numpy} ({} without `exports`)."""
+  module = prompt_module(model)
+  if module is None or not callable(getattr(type(module), "exports", None)):
+    return {}
+  d_model = model.config.d_model
+  out = model.apply({"params": {"prompt": params["prompt"]}},
+                    method=lambda m: m.prompt.exports(d_model))
+  return {name: np.asarray(jax.device_get(v), np.float32) for name, v in out.items()}
+
+
+class PeftUnsupportedError(ValueError):
+  """The prompt cannot be written as a PEFT prompt-tuning adapter (the message says why)."""
+
+
+def require_peft_exportable(model: nn.Module, prompt: np.ndarray | None) -> None:
+  """Raises `PeftUnsupportedError` with `peft_unsupported_reason` unless PEFT can hold it."""
+  reason = peft_unsupported_reason(model, prompt)
+  if reason is not None:
+    raise PeftUnsupportedError(f"No PEFT adapter: {reason}")
+
+
 def peft_unsupported_reason(model: nn.Module, prompt: np.ndarray | None) -> str | None:
   """Why this model's prompt cannot be a PEFT prompt-tuning adapter (None: it can).
 
@@ -56,6 +83,8 @@ def peft_unsupported_reason(model: nn.Module, prompt: np.ndarray | None) -> str 
     return "the model has no prompt"
   name = type(module).__name__
   if not getattr(module, "PEFT_EXPORTABLE", False):
+    if getattr(module, "PEFT_UNSUPPORTED_REASON", None):
+      return module.PEFT_UNSUPPORTED_REASON
     return f"PEFT has no equivalent of {name} (it only prepends a [P, D] table)"
   if getattr(module, "placement", "prefix") != "prefix":
     return f"PEFT prompt tuning only prepends; {name} uses placement {module.placement!r}"

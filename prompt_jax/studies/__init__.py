@@ -1,1 +1,1 @@
-"""Studies: multi-run drivers that train several settings and tabulate their results."""
+"""Studies: multi-run drivers on the skill gym or real checkpoints; gym results are labelled as such."""

@@ -14,6 +14,11 @@ arrive two ways (both add to the loss and are reported as `loss/<name>` in the m
   same jitted step, so it can run a second forward pass with other (frozen) parameters,
   e.g. a teacher prompt kept in the frozen tree under its own top-level key.
 
+A module may also sow *diagnostics*, values to watch that are not part of the objective:
+`self.sow("diagnostics", "gate", g)` is reported as `diag/<path>` (a scalar) or
+`diag/<path>/<i>` (each entry of a vector or array, flattened) in the metrics and is never
+added to the loss. Several sows of one path are averaged.
+
 Metrics are `{name: (sum, count)}` pairs, so averages stay exact when summed across steps
 or batches: `reduce_metrics` divides once.
 
@@ -74,15 +79,40 @@ LossTerm = Callable[[LossContext], Array]
 def forward(module: nn.Module, params: Any, batch: Batch, *, enable_dropout: bool,
             dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
   """Teacher-forced logits [B, T, V] and the summed sown loss terms {path: scalar}."""
+  logits, sown, _ = forward_with_diagnostics(module, params, batch,
+                                             enable_dropout=enable_dropout,
+                                             dropout_rng=dropout_rng)
+  return logits, sown
+
+
+def forward_with_diagnostics(module: nn.Module, params: Any, batch: Batch, *,
+                             enable_dropout: bool, dropout_rng: Array | None
+                             ) -> tuple[Array, dict[str, Array], dict[str, Array]]:
+  """`forward` plus the sown diagnostics {name: scalar} (`diag/...` metric names)."""
   rngs = {"dropout": dropout_rng} if enable_dropout else None
   logits, state = module.apply(
       {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
       enable_dropout=enable_dropout, task_ids=batch.get("task_ids"), rngs=rngs,
-      mutable=["losses"])
+      mutable=["losses", "diagnostics"])
   sown = flax.traverse_util.flatten_dict(flax.core.unfreeze(state.get("losses", {})), sep="/")
   # `sow` appends to a tuple per call site; a module called twice contributes twice.
-  return logits, {path: sum(jnp.asarray(v, jnp.float32).sum() for v in values)
-                  for path, values in sown.items()}
+  losses_ = {path: sum(jnp.asarray(v, jnp.float32).sum() for v in values)
+             for path, values in sown.items()}
+  return logits, losses_, _diagnostics(state.get("diagnostics", {}))
+
+
+def _diagnostics(collection: Any) -> dict[str, Array]:
+  """Sown diagnostics -> {"diag/<path>[/<i>]": float32 scalar}, several sows averaged."""
+  out = {}
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(collection), sep="/")
+  for path, values in flat.items():
+    mean = sum(jnp.asarray(v, jnp.float32) for v in values) / len(values)
+    if mean.ndim == 0:
+      out[f"diag/{path}"] = mean
+    else:
+      for i, value in enumerate(mean.reshape(-1)):
+        out[f"diag/{path}/{i}"] = value
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,13 +151,14 @@ class ModelAdapter:
     Returns:
       (loss, metrics): loss = mean token cross-entropy + z-loss + every extra term;
       metrics {name: (sum, count)} with `loss`, `cross_entropy`, `z_loss`,
-      `token_accuracy` and `loss/<name>` for each extra term.
+      `token_accuracy`, `loss/<name>` for each extra term and `diag/<name>` for each
+      sown diagnostic.
     """
     main_rng = term_rng = None
     if enable_dropout:
       main_rng, term_rng = jax.random.split(dropout_rng)
-    logits, sown = forward(self.module, params, batch, enable_dropout=enable_dropout,
-                           dropout_rng=main_rng)
+    logits, sown, diagnostics = forward_with_diagnostics(
+        self.module, params, batch, enable_dropout=enable_dropout, dropout_rng=main_rng)
     sums = losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
                                      batch["decoder_loss_weights"], self.z_loss)
     weight = jnp.maximum(sums["weight_sum"], 1.0)
@@ -150,6 +181,8 @@ class ModelAdapter:
         raise ValueError(f"Loss term {name!r} must be a scalar, got shape {jnp.shape(value)}.")
       total = total + value
       metrics[f"loss/{name}"] = (value, one)
+    for name, value in diagnostics.items():  # Reported, never added to the loss.
+      metrics[name] = (value, one)
     metrics["loss"] = (total, one)
     return total, metrics
 

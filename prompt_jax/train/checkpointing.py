@@ -8,6 +8,7 @@ it when complete, so a run killed at any moment leaves the previous checkpoint i
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -116,10 +117,23 @@ def export_run_prompts(model: Any, prompt_params: Any, model_dir: str | os.PathL
       for name, row in zip(task_names, prompt):
         paths.append(export_prompt_npy(row, pathlib.Path(model_dir) / "prompts" / name, step,
                                        subdir=""))
-  if effective.peft_unsupported_reason(model, prompt) is None:
+  for name, array in effective.effective_exports(model, prompt_params).items():
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, np.float32), allow_pickle=False)
+    path = pathlib.Path(model_dir) / "prompts" / f"{name}_{step}.npy"
+    atomic_write_bytes(path, buf.getvalue())
+    paths.append(path)
+  reason = effective.peft_unsupported_reason(model, prompt)
+  if reason is None:
     export.export_peft_adapter(prompt, pathlib.Path(model_dir) / "prompts" / f"peft_{step}",
                                config=model.config)
+  elif reason not in _LOGGED_PEFT_REASONS:
+    _LOGGED_PEFT_REASONS.add(reason)
+    logging.info("No PEFT adapter is exported: %s", reason)
   return paths
+
+
+_LOGGED_PEFT_REASONS: set[str] = set()
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
