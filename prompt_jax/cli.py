@@ -97,7 +97,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str =
     raise CliError("The --gin_file files bind the same parameter differently, so the result "
                    "would depend on their order; keep one binding (or use --gin.NAME=VALUE).")
   if check_macros:  # Command-line flags: a macro nothing uses is a typo.
-    check_macro_flags(bindings, resolved)
+    check_macro_flags(bindings, results[0])
   try:
     gin.parse_config(list(bindings))
   except _GIN_PARSE_ERRORS as e:
@@ -114,11 +114,17 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str =
   return gin.config_str()
 
 
-def check_macro_flags(bindings: Sequence[str], files: Sequence[str]) -> None:
-  """A `--gin.NAME=...` macro that no gin file or flag uses is a typo: say which it meant."""
-  texts = [pathlib.Path(f).read_text() for f in files] + list(bindings)
-  used = set(re.findall(r"%([A-Za-z_]\w*)", "\n".join(texts)))
-  defined = set(re.findall(r"^\s*([A-Z][A-Z0-9_]*)\s*=", "\n".join(texts), re.M))
+def check_macro_flags(bindings: Sequence[str], parsed: str) -> None:
+  """A `--gin.NAME=...` macro that no gin file or flag uses is a typo: say which it meant.
+
+  Args:
+    bindings: the command line's `NAME = VALUE` bindings.
+    parsed: `gin.config_str()` of the parsed files (includes and imports followed), where
+      every use of a macro reads `%NAME`.
+  """
+  texts = "\n".join([parsed, *bindings])
+  used = set(re.findall(r"%([A-Z][A-Z0-9_]*)\b", texts))
+  defined = set(re.findall(r"^\s*([A-Z][A-Z0-9_]*)\s*=", texts, re.M))
   for binding in bindings:
     name = binding.split("=", 1)[0].strip()
     if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in used:
