@@ -35,10 +35,13 @@ import pathlib
 import re
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import gin
 import numpy as np
+
+if TYPE_CHECKING:  # Annotations only; the data package registers every task when imported.
+  from prompt_jax.data import xlingual
 
 Results = dict[tuple[str, int, str], dict[str, float]]
 

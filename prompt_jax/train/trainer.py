@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prompt_jax.train import adapter as adapter_lib

@@ -80,10 +80,9 @@ def test_adafactor_defaults_match_the_paper():
 
 
 def _two_group_step(lr_a, lr_b):
-  import jax.numpy as jnp  # noqa: F401
   from prompt_jax.train import builder
   from tests.tiny import copy_task_batches
-  from tests.train.test_step import CFG, _setup
+  from tests.train.test_step import _setup
   model, frozen, trainable = _setup()
   params = opt_lib.merge_params(frozen, trainable)
   groups = opt_lib.ParamGroups(
