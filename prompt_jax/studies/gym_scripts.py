@@ -48,8 +48,8 @@ class GymStudy:
         max_len=self.max_len)
 
   def feature_lengths(self) -> dict[str, int]:
-    from prompt_jax.data import skill_gym as gym
-    return gym.script_feature_lengths(self.skills, self.scripts, self.max_len)
+    from prompt_jax.data import gym_scripts as scripts
+    return scripts.script_feature_lengths(self.skills, self.scripts, self.max_len)
 
 
 def register(study: GymStudy) -> list[str]:
@@ -59,8 +59,8 @@ def register(study: GymStudy) -> list[str]:
   trainer reads (in this process only).
   """
   from prompt_jax import demo
-  from prompt_jax.data import skill_gym as gym
-  return gym.register_scripts(study.skills, study.scripts, study.backbone().gym_config(),
+  from prompt_jax.data import gym_scripts as scripts
+  return scripts.register_scripts(study.skills, study.scripts, study.backbone().gym_config(),
                               mixture_name=demo.DEMO_MIXTURE)
 
 
@@ -83,14 +83,14 @@ def backbone_reference(study: GymStudy, checkpoint: str | pathlib.Path, skill: s
   """
   from prompt_jax import demo
   from prompt_jax.checkpoints import load_pretrained
-  from prompt_jax.data import skill_gym as gym
+  from prompt_jax.data import gym_scripts as scripts
   model, frozen = load_pretrained(checkpoint)
   c = study.backbone().gym_config()
   out = {}
   for script in study.scripts:
-    rows = gym.script_examples(skill, script, "test", n, c.seed, with_word=with_word,
+    rows = scripts.script_examples(skill, script, "test", n, c.seed, with_word=with_word,
                                min_len=c.min_len, max_len=c.max_len)
-    ev = demo.make_evaluator(model, frozen, gym.script_task_name(skill, script, with_word),
+    ev = demo.make_evaluator(model, frozen, scripts.script_task_name(skill, script, with_word),
                              rows, study.feature_lengths(), batch_size)
     out[script] = demo.exact_match(ev, {})[0]
   return out

@@ -1,14 +1,15 @@
 """The gym's scripts (stand-ins for languages): bijections that skills commute with."""
 
-import numpy as np
 import pytest
 
 from prompt_jax.data import skill_gym as gym
 
+from prompt_jax.data import gym_scripts as scripts
 
-@pytest.mark.parametrize("name", sorted(gym.SCRIPTS))
+
+@pytest.mark.parametrize("name", sorted(scripts.SCRIPTS))
 def test_script_mapping_is_a_bijection_of_the_latin_letters(name):
-  sc = gym.SCRIPTS[name]
+  sc = scripts.SCRIPTS[name]
   latin = gym.ALPHABETS["latin"].letters
   images = [sc.encode(c) for c in latin]
   assert len(set(images)) == 26 and all(len(x) == 1 for x in images)
@@ -17,19 +18,19 @@ def test_script_mapping_is_a_bijection_of_the_latin_letters(name):
 
 
 def test_near_scripts_share_symbols_with_latin_and_distant_ones_share_none():
-  latin = gym.SCRIPTS[gym.TRAIN_SCRIPT]
-  shared = {n: sc.shared_with(latin) for n, sc in gym.SCRIPTS.items()}
+  latin = scripts.SCRIPTS[scripts.TRAIN_SCRIPT]
+  shared = {n: sc.shared_with(latin) for n, sc in scripts.SCRIPTS.items()}
   assert shared == {"latin": 26, "near": 20, "half": 13, "upper": 0, "symbols": 0}
-  assert {n for n, sc in gym.SCRIPTS.items() if sc.distance == "distant"} == {"upper", "symbols"}
+  assert {n for n, sc in scripts.SCRIPTS.items() if sc.distance == "distant"} == {"upper", "symbols"}
   # Distant scripts are disjoint from each other too.
-  assert gym.SCRIPTS["upper"].shared_with(gym.SCRIPTS["symbols"]) == 0
+  assert scripts.SCRIPTS["upper"].shared_with(scripts.SCRIPTS["symbols"]) == 0
 
 
-@pytest.mark.parametrize("skill", gym.SCRIPT_SKILLS)
+@pytest.mark.parametrize("skill", scripts.SCRIPT_SKILLS)
 def test_skills_commute_with_every_script(skill):
   base = gym.get_skill(skill)
   rows = gym.examples(skill, "train", 40, with_word=False)
-  for name, sc in gym.SCRIPTS.items():
+  for name, sc in scripts.SCRIPTS.items():
     in_script = gym.Skill(f"{name}_{skill}", base.family, base.param, sc.alphabet, base.word)
     for r in rows:
       assert in_script(sc.encode(r["inputs"])) == sc.encode(r["targets"]), (name, r)
@@ -37,19 +38,19 @@ def test_skills_commute_with_every_script(skill):
 
 def test_script_examples_are_the_latin_strings_rewritten():
   latin = gym.examples("reverse", "test", 20, with_word=True)
-  assert gym.script_examples("reverse", "latin", "test", 20) == latin
-  upper = gym.script_examples("reverse", "upper", "test", 20, with_word=False)
+  assert scripts.script_examples("reverse", "latin", "test", 20) == latin
+  upper = scripts.script_examples("reverse", "upper", "test", 20, with_word=False)
   assert [r["inputs"] for r in upper] == [r["inputs"].split(" ", 1)[1].upper() for r in latin]
-  assert all(gym.split_of(gym.SCRIPTS["upper"].decode(r["inputs"])) == "test" for r in upper)
+  assert all(gym.split_of(scripts.SCRIPTS["upper"].decode(r["inputs"])) == "test" for r in upper)
   with pytest.raises(ValueError, match="made of input letters"):
-    gym.script_examples("upper", "near", "test", 2)
+    scripts.script_examples("upper", "near", "test", 2)
   with pytest.raises(KeyError, match="Unknown script"):
-    gym.script_task_name("reverse", "klingon")
+    scripts.script_task_name("reverse", "klingon")
 
 
 def test_register_scripts_builds_tasks_and_a_mixture():
   import seqio
-  names = gym.register_scripts(("reverse",), ("latin", "upper"),
+  names = scripts.register_scripts(("reverse",), ("latin", "upper"),
                                gym.GymConfig(train_examples=16, validation_examples=4,
                                              test_examples=4),
                                mixture_name="test_scripts_mix")
@@ -62,7 +63,7 @@ def test_register_scripts_builds_tasks_and_a_mixture():
   assert len(rows) == 4
   assert rows[0]["targets_pretokenized"].decode() == rows[0]["inputs_pretokenized"].decode()[::-1]
   assert rows[0]["inputs_pretokenized"].decode().isupper()
-  lengths = gym.script_feature_lengths(["reverse"], ["latin", "half"], max_len=8)
+  lengths = scripts.script_feature_lengths(["reverse"], ["latin", "half"], max_len=8)
   assert lengths == {"inputs": len("reverse") + 1 + 16 + 1, "targets": 17}
 
 
