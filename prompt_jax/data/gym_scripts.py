@@ -15,8 +15,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_jax.data.skill_gym import (ALPHABETS, TASK_PREFIX, Alphabet, GymConfig, Skill,
-                                       examples, get_skill, register_skill_gym,
-                                       register_source)
+                                       examples, get_skill, register_source)
 
 @dataclasses.dataclass(frozen=True)
 class Script:
@@ -160,6 +159,3 @@ def register_scripts(skills: Sequence[str] = SCRIPT_SKILLS,
     seqio.MixtureRegistry.add(mixture_name, [n for n in names if not n.endswith("_noword")],
                               default_rate=1.0)
   return names
-
-
-register_skill_gym()

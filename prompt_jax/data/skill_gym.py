@@ -468,3 +468,6 @@ def register_skill_gym(skills: Sequence[str | Skill] | None = None,
       if alphabet != "latin":
         register_mixture(f"{TASK_PREFIX}{alphabet}_all", skill_names(alphabet))
   return names
+
+
+register_skill_gym()

@@ -43,10 +43,14 @@ def effective_prompt(model: nn.Module, params: Mapping[str, Any]) -> np.ndarray 
   """
   if not has_effective_prompt(model):
     return None
+  return np.asarray(jax.device_get(_call_prompt_method(model, params, "prompt")), np.float32)
+
+
+def _call_prompt_method(model: nn.Module, params: Mapping[str, Any], method: str) -> Any:
+  """`model.prompt.<method>(d_model)`, bound to the `prompt/` parameters."""
   d_model = model.config.d_model
-  out = model.apply({"params": {"prompt": params["prompt"]}},
-                    method=lambda m: m.prompt.prompt(d_model))
-  return np.asarray(jax.device_get(out), np.float32)
+  return model.apply({"params": {"prompt": params["prompt"]}},
+                     method=lambda m: getattr(m.prompt, method)(d_model))
 
 
 def effective_exports(model: nn.Module, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -54,9 +58,7 @@ def effective_exports(model: nn.Module, params: Mapping[str, Any]) -> dict[str, 
   module = prompt_module(model)
   if module is None or not callable(getattr(type(module), "exports", None)):
     return {}
-  d_model = model.config.d_model
-  out = model.apply({"params": {"prompt": params["prompt"]}},
-                    method=lambda m: m.prompt.exports(d_model))
+  out = _call_prompt_method(model, params, "exports")
   return {name: np.asarray(jax.device_get(v), np.float32) for name, v in out.items()}
 
 

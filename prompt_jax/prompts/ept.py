@@ -162,7 +162,29 @@ class _Projection(nn.Module):
     return p_f + out if self.residual else out
 
 
-class EPTPrompt(nn.Module):
+class _OffsetSeam:
+  """The seam methods of a module whose `_parts(d_model)` gives (prompt [S, D], offset [M, D]).
+
+  Shared by the trainable `EPTPrompt` and the inference-only `OffsetPrompt`.
+  """
+
+  def prompt(self, d_model: int) -> Array:
+    """The effective short prompt P* [S, D] (what the encoder sees in front of the inputs)."""
+    return self._parts(d_model)[0]
+
+  def exports(self, d_model: int) -> dict[str, Array]:
+    """Arrays besides the prompt that inference needs: the input offset [M, D]."""
+    return {OFFSET_EXPORT: self._parts(d_model)[1]}
+
+  def __call__(self, embedded: Array, tokens: Array, mask: Array, *,
+               task_ids: Array | None = None, deterministic: bool = True
+               ) -> tuple[Array, Array]:
+    del task_ids, deterministic
+    p, offset = self._parts(embedded.shape[-1])
+    return apply_offset_and_combine(p, offset, embedded, tokens, mask, self.eos_id)
+
+
+class EPTPrompt(_OffsetSeam, nn.Module):
   """The EPT-style prompt module (see the module docstring); prefix placement.
 
   Attributes:
@@ -250,20 +272,6 @@ class EPTPrompt(nn.Module):
                  ", ".join(f"{k} {v:,}" for k, v in parts.items()), self.budget_length,
                  f"{self.budget_length * d_model:,}")
 
-  def prompt(self, d_model: int) -> Array:
-    """The effective short prompt P* [S, D] (what the encoder sees in front of the inputs)."""
-    return self._parts(d_model)[0]
-
-  def exports(self, d_model: int) -> dict[str, Array]:
-    """Arrays besides the prompt that inference needs: the input offset [M, D]."""
-    return {OFFSET_EXPORT: self._parts(d_model)[1]}
-
-  def __call__(self, embedded: Array, tokens: Array, mask: Array, *,
-               task_ids: Array | None = None, deterministic: bool = True
-               ) -> tuple[Array, Array]:
-    del task_ids, deterministic
-    p, offset = self._parts(embedded.shape[-1])
-    return apply_offset_and_combine(p, offset, embedded, tokens, mask, self.eos_id)
 
 
 def apply_offset_and_combine(p: Array, offset: Array, embedded: Array, tokens: Array,
@@ -297,7 +305,7 @@ def apply_offset_and_combine(p: Array, offset: Array, embedded: Array, tokens: A
   return combine_lib.combine("prefix", p, embedded, tokens, mask, eos_id)
 
 
-class OffsetPrompt(nn.Module):
+class OffsetPrompt(_OffsetSeam, nn.Module):
   """Inference-only: a plain prompt [S, D] plus a fixed input offset [M, D] (EPT exports).
 
   Built by `prompt-jax eval` / `infer` from PROMPT_FILE and OFFSET_FILE; its parameters are
@@ -317,18 +325,6 @@ class OffsetPrompt(nn.Module):
                        (self.length, d_model)),
             self.param(OFFSET_EXPORT, zeros, (self.max_length, d_model)))
 
-  def prompt(self, d_model: int) -> Array:
-    return self._parts(d_model)[0]
-
-  def exports(self, d_model: int) -> dict[str, Array]:
-    return {OFFSET_EXPORT: self._parts(d_model)[1]}
-
-  def __call__(self, embedded: Array, tokens: Array, mask: Array, *,
-               task_ids: Array | None = None, deterministic: bool = True
-               ) -> tuple[Array, Array]:
-    del task_ids, deterministic
-    p, offset = self._parts(embedded.shape[-1])
-    return apply_offset_and_combine(p, offset, embedded, tokens, mask, self.eos_id)
 
 
 # Parameter groups: which paths train, at which rate (kept in Python, tested).

@@ -83,15 +83,18 @@ def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
   os.replace(tmp, path)
 
 
-def export_prompt_npy(prompt: np.ndarray, model_dir: str | os.PathLike, step: int | str, *,
-                      subdir: str = "prompts") -> pathlib.Path:
-  """Writes `<model_dir>/prompts/prompt_<step>.npy` ([P, D] float32, the reference format)."""
-  import io
+def write_npy(path: pathlib.Path, array: np.ndarray) -> pathlib.Path:
+  """An array as float32 `.npy` (no pickle), written atomically."""
   buf = io.BytesIO()
-  np.save(buf, np.asarray(prompt, np.float32), allow_pickle=False)
-  path = pathlib.Path(model_dir) / subdir / f"prompt_{step}.npy"
+  np.save(buf, np.asarray(array, np.float32), allow_pickle=False)
   atomic_write_bytes(path, buf.getvalue())
   return path
+
+
+def export_prompt_npy(prompt: np.ndarray, model_dir: str | os.PathLike,
+                      step: int | str) -> pathlib.Path:
+  """Writes `<model_dir>/prompts/prompt_<step>.npy` ([P, D] float32, the reference format)."""
+  return write_npy(pathlib.Path(model_dir) / "prompts" / f"prompt_{step}.npy", prompt)
 
 
 def export_run_prompts(model: Any, prompt_params: Any, model_dir: str | os.PathLike,
@@ -115,14 +118,10 @@ def export_run_prompts(model: Any, prompt_params: Any, model_dir: str | os.PathL
                       "are not written.", prompt.shape[0], len(task_names))
     else:
       for name, row in zip(task_names, prompt):
-        paths.append(export_prompt_npy(row, pathlib.Path(model_dir) / "prompts" / name, step,
-                                       subdir=""))
+        paths.append(write_npy(pathlib.Path(model_dir) / "prompts" / name /
+                               f"prompt_{step}.npy", row))
   for name, array in effective.effective_exports(model, prompt_params).items():
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array, np.float32), allow_pickle=False)
-    path = pathlib.Path(model_dir) / "prompts" / f"{name}_{step}.npy"
-    atomic_write_bytes(path, buf.getvalue())
-    paths.append(path)
+    paths.append(write_npy(pathlib.Path(model_dir) / "prompts" / f"{name}_{step}.npy", array))
   reason = effective.peft_unsupported_reason(model, prompt)
   if reason is None:
     export.export_peft_adapter(prompt, pathlib.Path(model_dir) / "prompts" / f"peft_{step}",
