@@ -156,6 +156,10 @@ def _run(command: str) -> None:
   result = fn()
   if command == "eval":
     print(result)
+    if any("/members_mean/" in k for k in result):  # An ensemble: Lester Table 3's columns.
+      from prompt_jax.train import ensemble
+      n = len({k.split("/")[1] for k in result if "/member_" in k})
+      print(ensemble.format_table(result, n))
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

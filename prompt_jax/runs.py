@@ -383,45 +383,116 @@ def _with_offset(offset_file: str, array: np.ndarray, d: int, placement: str,
 @_owns_model_dir("eval")
 def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str = gin.REQUIRED,
+             initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str | None = None,
              split: str = "validation", mode: str = "generation", batch_size: int = 32,
              max_examples: int | None = None, placement: str = "prefix",
-             tfds_data_dir: str | None = None, offset_file: str | None = None
+             tfds_data_dir: str | None = None, offset_file: str | None = None,
+             prompt_files: str | Sequence[str] | None = None, ensemble_vote: str = "majority"
              ) -> dict[str, float]:
   """Evaluates `pretrained checkpoint + prompt file`; writes metrics.jsonl and inference.
 
   `offset_file`: the run's exported input offset, for methods that export one.
+  `prompt_files` (a list of .npy files or a dir of them, instead of `prompt_file`): a
+  one-pass ensemble (`prompt_jax.train.ensemble`) voting by `ensemble_vote`; the metrics
+  hold the ensemble's, each member's, their mean and their best.
   """
   check_task(mixture_or_task_name, tfds_data_dir)
   _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples,
                    mode)
+  _check_prompt_args(prompt_file, prompt_files, offset_file, ensemble_vote)
   write_config(model_dir)
+  if prompt_files is not None:
+    files, ens = _ensemble_evaluator(
+        initial_checkpoint_path, prompt_files, placement, mixture_or_task_name,
+        split=split, feature_lengths=task_feature_lengths, batch_size=batch_size,
+        max_examples=max_examples, mode=mode, vote=ensemble_vote)
+    metrics, _ = ens(model_dir, "eval")
+    _write_eval_metrics(model_dir, metrics)
+    from prompt_jax.train import checkpointing
+    checkpointing.write_json(pathlib.Path(model_dir) / "ensemble.json",
+                             {"prompt_files": [str(f) for f in files], "vote": ensemble_vote,
+                              "mode": mode, "metrics": metrics})
+    return metrics
   model, frozen, trainable, names = _prompted_from_file(
       initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file)
   ev = evaluation.Evaluator(model, frozen, names, split=split,
                             feature_lengths=task_feature_lengths, batch_size=batch_size,
                             max_examples=max_examples, mode=mode, model_dir=model_dir)
   metrics = ev(trainable, "eval")
+  _write_eval_metrics(model_dir, metrics)
+  return metrics
+
+
+def _write_eval_metrics(model_dir: str, metrics: Mapping[str, float]) -> None:
   from prompt_jax.train.metrics_writer import MetricsWriter
   writer = MetricsWriter(model_dir)
-  writer.write(0, "eval", metrics)
+  writer.write(0, "eval", dict(metrics))
   writer.close()
   logging.info("Eval metrics: %s", metrics)
-  return metrics
+
+
+def _check_prompt_args(prompt_file: str | None, prompt_files: Any, offset_file: str | None,
+                       vote: str) -> None:
+  """One prompt (PROMPT_FILE) or an ensemble (PROMPT_FILES), found before loading a model."""
+  from prompt_jax.train import ensemble as ensemble_lib
+  if prompt_file and prompt_files is not None:
+    raise UserError("Set PROMPT_FILE (one prompt) or PROMPT_FILES (an ensemble), not both.")
+  if not prompt_file and prompt_files is None:
+    raise UserError("PROMPT_FILE is not set (--gin.PROMPT_FILE=path/to/prompt.npy; or "
+                    "--gin.PROMPT_FILES=[...] / a dir of .npy files for an ensemble).")
+  if prompt_files is not None:
+    if offset_file:
+      raise UserError("OFFSET_FILE does not combine with PROMPT_FILES: an ensemble's members "
+                      "are plain [P, D] prompts; evaluate offset runs one by one.")
+    if vote not in ensemble_lib.VOTES:
+      raise UserError(f"ENSEMBLE_VOTE must be one of {ensemble_lib.VOTES}, got {vote!r}.")
+    ensemble_lib.load_members(ensemble_lib.resolve_prompt_files(prompt_files))
+
+
+def _ensemble_evaluator(checkpoint: str, prompt_files: Any, placement: str, task_name: str,
+                        **kwargs: Any):
+  """(member files, `EnsembleEvaluator`) for `pretrained + PROMPT_FILES`."""
+  from prompt_jax.train import ensemble as ensemble_lib
+  files = ensemble_lib.resolve_prompt_files(prompt_files)
+  members = ensemble_lib.load_members(files)
+  names = inputs.task_names(task_name)
+  base, frozen = _load(checkpoint, architecture())
+  d = base.config.d_model
+  if members.shape[-1] != d or (members.ndim == 4 and members.shape[1] != len(names)):
+    raise UserError(f"The ensemble's prompt files have shape {members.shape[1:]}; the model "
+                    f"needs [P, {d}] (or [{len(names)}, P, {d}] for a per-task prompt of "
+                    f"{task_name}).")
+  logging.info("Ensemble of %d prompts in one pass: %s", len(files), [str(f) for f in files])
+  return files, ensemble_lib.EnsembleEvaluator(base.config, frozen, members, names,
+                                               placement=placement, **kwargs)
 
 
 @gin.configurable
 @_owns_model_dir("infer")
 def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str = gin.REQUIRED,
+          initial_checkpoint_path: str = gin.REQUIRED, prompt_file: str | None = None,
           split: str = "test", batch_size: int = 32, max_examples: int | None = None,
           placement: str = "prefix", tfds_data_dir: str | None = None,
-          offset_file: str | None = None) -> list[pathlib.Path]:
-  """Greedy predictions of `pretrained checkpoint + prompt file` (+ offset) as JSONL."""
+          offset_file: str | None = None, prompt_files: str | Sequence[str] | None = None,
+          ensemble_vote: str = "majority") -> list[pathlib.Path]:
+  """Greedy predictions of `pretrained checkpoint + prompt file` (+ offset) as JSONL.
+
+  With `prompt_files` the one-pass ensemble's voted `prediction` and every member's
+  (`members`) per line.
+  """
   check_task(mixture_or_task_name, tfds_data_dir)
   _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples)
+  _check_prompt_args(prompt_file, prompt_files, offset_file, ensemble_vote)
   write_config(model_dir)
+  if prompt_files is not None:
+    from prompt_jax.train import ensemble as ensemble_lib
+    _, ens = _ensemble_evaluator(
+        initial_checkpoint_path, prompt_files, placement, mixture_or_task_name, split=split,
+        feature_lengths=task_feature_lengths, batch_size=batch_size,
+        max_examples=max_examples, vote=ensemble_vote, with_metrics=False)
+    return [ensemble_lib.write_inference(model_dir, task, "infer", ens.examples[task],
+                                         ens.evaluate_task(task)) for task in ens.examples]
   model, frozen, trainable, names = _prompted_from_file(
       initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file)
   paths = []

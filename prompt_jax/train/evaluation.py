@@ -303,12 +303,17 @@ class Evaluator:
 
 
 def write_inference(model_dir: str, task: str, step: int | str, examples: Sequence[Example],
-                    predictions: Sequence[str]) -> pathlib.Path:
-  """`<model_dir>/inference/<task>-<step>.jsonl`: inputs, targets and predictions."""
+                    predictions: Sequence[str],
+                    extras: Sequence[Mapping[str, Any]] | None = None) -> pathlib.Path:
+  """`<model_dir>/inference/<task>-<step>.jsonl`: inputs, targets and predictions.
+
+  `extras`: more fields per example (e.g. an ensemble's member predictions).
+  """
+  extras = extras if extras is not None else [{}] * len(examples)
   lines = [json.dumps({"inputs": _text(e.get("inputs_pretokenized", "")),
                        "targets": _text(e.get("targets_pretokenized", "")),
-                       "prediction": p}, ensure_ascii=False)
-           for e, p in zip(examples, predictions)]
+                       "prediction": p, **x}, ensure_ascii=False)
+           for e, p, x in zip(examples, predictions, extras)]
   path = pathlib.Path(model_dir) / "inference" / f"{task}-{step}.jsonl"
   checkpointing.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
   return path
