@@ -3,6 +3,7 @@
   prompt-jax train   --gin_file=... [--gin_file=...] [--gin.NAME=VALUE ...]
   prompt-jax eval    --gin_file=runs/prompt_eval.gin ...
   prompt-jax infer   --gin_file=runs/prompt_infer.gin ...
+  prompt-jax neighbours --gin_file=runs/prompt_neighbours.gin ...
   prompt-jax tasks   [--tfds_data_dir=DIR]
   prompt-jax prepare NAME [--tfds_data_dir=DIR]
   prompt-jax bench   [--peer peft ...]
@@ -30,7 +31,7 @@ import traceback
 from typing import Sequence
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent / "gin"
-RUN_COMMANDS = ("train", "eval", "infer")
+RUN_COMMANDS = ("train", "eval", "infer", "neighbours")
 
 
 class CliError(Exception):
@@ -81,6 +82,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: str =
   """Parses gin files (order-independently) then bindings; returns the config string."""
   import gin
   import prompt_jax.runs  # noqa: F401  Registers the configurables.
+  import prompt_jax.interpret  # noqa: F401  Registers `neighbours`.
   paths = [pathlib.Path(p) for p in search_paths.split(",") if p]
   for p in (*paths, GIN_DIR):
     gin.add_config_file_search_path(str(p))
@@ -151,9 +153,12 @@ def unset_macro_message(name: str) -> str:
 
 
 def _run(command: str) -> None:
-  from prompt_jax import runs
-  fn = {"train": runs.train, "eval": runs.evaluate, "infer": runs.infer}[command]
+  from prompt_jax import interpret, runs
+  fn = {"train": runs.train, "eval": runs.evaluate, "infer": runs.infer,
+        "neighbours": interpret.neighbours}[command]
   result = fn()
+  if command == "neighbours":
+    print(result.format_table())
   if command == "eval":
     print(result)
     if any("/members_mean/" in k for k in result):  # An ensemble: Lester Table 3's columns.
@@ -234,7 +239,8 @@ def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -
 
 
 def _run_fn_name(command: str) -> str:
-  return {"train": "train", "eval": "evaluate", "infer": "infer"}[command]
+  return {"train": "train", "eval": "evaluate", "infer": "infer",
+          "neighbours": "neighbours"}[command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
