@@ -137,7 +137,7 @@ class Neighbours:
   def format_table(self) -> str:
     lines = ["row | nearest tokens (cosine)"]
     for i, (toks, sims) in enumerate(zip(self.tokens, self.similarities)):
-      lines.append(f"{i:>3} | " + "  ".join(f"{t!r} {s:.3f}" for t, s in zip(toks, sims)))
+      lines.append(f"{i:>3} | " + "  ".join(f"'{t}' {s:.3f}" for t, s in zip(toks, sims)))
     s = self.summary()
     if s["labels"]:
       per = ", ".join(f"{label!r}: {n}" for label, n in s["rows_near_each_label"].items())

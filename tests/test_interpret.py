@@ -45,6 +45,9 @@ def test_token_names_and_label_rows_for_sentencepiece_and_bytes():
   t5 = vocab_lib.get_vocabulary("t5")
   assert interpret.token_text(t5, t5.encode("entailment")[1]) == "en"
   assert interpret.token_text(t5, 32099).endswith("<extra_id_0>")  # seqio: "▁<extra_id_0>".
+  # mT5's vocabulary takes the same SentencePiece path (offline it reads the T5 model file).
+  mt5 = vocab_lib.get_vocabulary("mt5")
+  assert interpret.token_text(mt5, mt5.encode("entailment")[1]) == "en"
   assert interpret.token_text(gym.VOCAB, 3 + ord("r")) == "r"
   assert interpret.token_text(gym.VOCAB, 3 + 10) == "\\x0a"
   labels = interpret.label_tokens(t5, ["entailment"])["entailment"]

@@ -13,7 +13,8 @@ majority vote): Lester et al.'s Table 3 columns (mean of N, best of N, ensemble)
 
 Wall clock, in this process: N separate evaluations (one single-prompt evaluator each; the
 compiled decoder is shared, as equal adapters share it) against one ensemble pass, each
-timed cold (first call: compiles included) and warm (second call), best of `--repeats`.
+timed cold (first call: compiles included) and warm (median of `--repeats` interleaved
+rounds, `bench.time_in_rounds`).
 With `--cli_timing` also N `prompt-jax eval` processes against one `prompt-jax eval
 --gin.PROMPT_FILES=[...]` process (what a user waits for; the CLI's task is the gym's
 registered test split, so its scores differ from the table's rows).
@@ -35,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from prompt_jax import demo
+from prompt_jax import bench, demo
 from prompt_jax.checkpoints import load_pretrained
 from prompt_jax.data import skill_gym as gym
 from prompt_jax.models import T5Transformer
@@ -43,17 +44,23 @@ from prompt_jax.prompts import Prompt
 from prompt_jax.train import ensemble, evaluation
 
 
-def _timed(fn, repeats: int):
-  """(result of the first call, its seconds, best seconds of the later calls)."""
+class _Timed:
+  """A `bench.time_in_rounds` runner: one call of `fn` per step."""
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def step(self) -> float:
+    t0 = time.perf_counter()
+    self.fn()
+    return time.perf_counter() - t0
+
+
+def _cold(fn):
+  """(result of the first call, its seconds: compiles included)."""
   t0 = time.perf_counter()
   result = fn()
-  cold = time.perf_counter() - t0
-  warm = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    warm.append(time.perf_counter() - t0)
-  return result, cold, min(warm) if warm else float("nan")
+  return result, time.perf_counter() - t0
 
 
 def cli_timing(backbone: pathlib.Path, files: Sequence[pathlib.Path], skill: str,
@@ -103,12 +110,17 @@ def run_study(skill: str, members: int, steps: int, out: pathlib.Path, *,
   single = evaluation.Evaluator(T5Transformer(model.config, prompt=Prompt(stacked.shape[1])),
                                 frozen, [task], split="", feature_lengths=ev_lengths,
                                 batch_size=batch, examples={task: exs})
-  separate, sep_cold, sep_warm = _timed(
-      lambda: [single.evaluate_task({"prompt": {"prompt": p}}, task) for p in stacked], repeats)
+  run_separate = lambda: [single.evaluate_task({"prompt": {"prompt": p}}, task) for p in stacked]
+  separate, sep_cold = _cold(run_separate)
   ens = ensemble.EnsembleEvaluator(model.config, frozen, stacked, [task],
                                    feature_lengths=ev_lengths, batch_size=batch,
                                    examples={task: exs})
-  result, ens_cold, ens_warm = _timed(lambda: ens.evaluate_task(task), repeats)
+  result, ens_cold = _cold(lambda: ens.evaluate_task(task))
+  # Warm: the two take turns, one call each per round (a shared machine's load hits both).
+  warm = bench.time_in_rounds({"separate": _Timed(run_separate),
+                               "ensemble": _Timed(lambda: ens.evaluate_task(task))},
+                              steps=repeats, warmup=0)
+  sep_warm, ens_warm = warm["separate"], warm["ensemble"]
   assert [r.predictions for r in result.members] == [r.predictions for r in separate]
   member_em = [r.metrics["exact_match"] for r in result.members]
   summary = {
@@ -148,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--members", type=int, default=5)
   p.add_argument("--steps", type=int, default=40, help="prompt-tuning steps per member")
   p.add_argument("--test_examples", type=int, default=500)
-  p.add_argument("--repeats", type=int, default=2, help="warm timing repeats")
+  p.add_argument("--repeats", type=int, default=5, help="warm timing rounds (median)")
   p.add_argument("--cli_timing", action="store_true")
   p.add_argument("--out", default="ensemble_gym_runs")
   args = p.parse_args(argv)
