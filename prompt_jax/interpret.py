@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import gin
 import numpy as np
