@@ -249,6 +249,13 @@ class FromISTRun:
                            f"{tuple(shape)} (PROMPT_LENGTH x d_model).")
     return jnp.asarray(array, dtype)
 
+  def init_bank(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    """A `PromptBank` [T, P, D] from a per-task IST run's [T, P, D] export (row t = task t)."""
+    if self.task:
+      raise IPTSourceError("FromISTRun.task picks one row for a plain Prompt; a PromptBank "
+                           "takes every row: leave IPT_IST_TASK empty.")
+    return self(key, shape, dtype)
+
 
 # ---------------------------------------------------------------------------------------
 # The modules.

@@ -284,3 +284,32 @@ def test_param_rules_cover_every_leaf_and_freeze_the_right_ones(msf_run, bank_fi
   msf = init_prompt_params(_msf(bank_files), jax.random.PRNGKey(0), D)
   counts = ipt.msf_param_groups().group_counts({**frozen_params(cfg), "prompt": msf})
   assert counts["trainable"] == (P * D * I + I) + (I * D + D) + (D * P * D + P * D)
+
+
+@pytest.mark.parametrize("method,module_name,groups_name", [
+    ("ipt_msf", "MSFPrompt", "msf_param_groups"), ("ipt_ist", "ISTPrompt", "ist_param_groups"),
+    ("ipt_pt", "Prompt", "pt_param_groups")])
+def test_the_gin_files_bind_the_modules_and_the_authors_adamw(method, module_name, groups_name):
+  import gin
+  from prompt_jax import cli, configurables
+  files = ["runs/prompt_finetune.gin", f"methods/{method}.gin"]
+  if method == "ipt_pt":
+    files.append("prompts/from_ist_run.gin")
+  try:
+    cli.parse_gin(files, ["TRAIN_STEPS = 500", "IPT_DIM = 7", "IPT_BANK_MANIFEST = 'm.json'",
+                          "IPT_MSF_RUN = '/msf'", "IPT_IST_RUN = '/ist'"])
+    module = getattr(configurables, module_name)()
+    groups = getattr(configurables, groups_name)()
+  finally:
+    gin.clear_config()
+  cfg = groups.optimizers["trainable"]
+  assert (cfg.kind, cfg.total_steps, cfg.max_grad_norm, cfg.adamw_weight_decay) == (
+      "adamw", 500, 0.1, 0.0)
+  assert cfg.resolved_warmup_steps() == 30  # 6 % of 500.
+  if method == "ipt_msf":
+    assert (module.intrinsic_dim, module.alpha, module.bank.manifest) == (7, 200.0, "m.json")
+    assert cfg.learning_rate == 3e-5
+  elif method == "ipt_ist":
+    assert (module.intrinsic_dim, module.proj_b.run_dir, cfg.learning_rate) == (7, "/msf", 1e-5)
+  else:
+    assert module.initializer.run_dir == "/ist"
