@@ -351,7 +351,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="ipt_gym %(message)s")
+  logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="ipt_gym %(message)s",
+                      force=True)
   logging.getLogger("absl").setLevel(logging.ERROR)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,10 @@ def log_param_counts(trainable: Any, frozen: Any) -> tuple[int, int]:
 OPTIMIZER_KINDS = ("adafactor", "adamw")
 
 
+class OptimizerConfigError(ValueError):
+  """Optimizer settings that cannot work (a user error: the message says how to fix it)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """One group's optimizer: Adafactor (default) or AdamW, selected by `kind`.
@@ -155,22 +159,21 @@ class OptimizerConfig:
   max_grad_norm: float | None = 0.1
 
   def __post_init__(self):
+    err = OptimizerConfigError
     if self.kind not in OPTIMIZER_KINDS:
-      raise ValueError(f"OptimizerConfig.kind must be one of {OPTIMIZER_KINDS}, got "
-                       f"{self.kind!r}.")
+      raise err(f"OptimizerConfig.kind must be one of {OPTIMIZER_KINDS}, got {self.kind!r}.")
     if self.kind != "adamw":
       return
     if (isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int)
         or self.total_steps < 1):
-      raise ValueError(f"AdamW's warmup-then-decay schedule needs total_steps >= 1, got "
-                       f"{self.total_steps!r} (gin: optim.OptimizerConfig.total_steps = "
-                       "%TRAIN_STEPS).")
+      raise err(f"AdamW's warmup-then-decay schedule needs total_steps >= 1, got "
+                f"{self.total_steps!r} (gin: optim.OptimizerConfig.total_steps = %TRAIN_STEPS).")
     if not 0.0 <= self.warmup_fraction < 1.0 or self.warmup_steps < 0:
-      raise ValueError(f"warmup_fraction must be in [0, 1) and warmup_steps >= 0, got "
-                       f"{self.warmup_fraction}, {self.warmup_steps}.")
+      raise err(f"warmup_fraction must be in [0, 1) and warmup_steps >= 0, got "
+                f"{self.warmup_fraction}, {self.warmup_steps}.")
     if self.resolved_warmup_steps() >= self.total_steps:
-      raise ValueError(f"The warmup ({self.resolved_warmup_steps()} steps) must be shorter "
-                       f"than total_steps={self.total_steps}.")
+      raise err(f"The warmup ({self.resolved_warmup_steps()} steps) must be shorter than "
+                f"total_steps={self.total_steps}.")
 
   def resolved_warmup_steps(self) -> int:
     """Warmup length in steps: `warmup_steps`, else `warmup_fraction * total_steps`."""
