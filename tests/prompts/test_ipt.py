@@ -297,7 +297,8 @@ def test_the_gin_files_bind_the_modules_and_the_authors_adamw(method, module_nam
   if method == "ipt_pt":
     files.append("prompts/from_ist_run.gin")
   try:
-    cli.parse_gin(files, ["TRAIN_STEPS = 500", "IPT_DIM = 7", "IPT_BANK_MANIFEST = 'm.json'",
+    cli.parse_gin(files, ["MODEL_DIR = '/m'", "MIXTURE_OR_TASK_NAME = 't'",
+                          "INITIAL_CHECKPOINT_PATH = '/c'", "TRAIN_STEPS = 500", "IPT_DIM = 7", "IPT_BANK_MANIFEST = 'm.json'",
                           "IPT_MSF_RUN = '/msf'", "IPT_IST_RUN = '/ist'"])
     module = getattr(configurables, module_name)()
     groups = getattr(configurables, groups_name)()
