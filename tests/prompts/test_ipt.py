@@ -3,6 +3,8 @@
 import json
 import logging
 import math
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -176,7 +178,7 @@ def _eval_examples():
   return examples, {"inputs": batch["encoder_input_tokens"].shape[1], "targets": 4}
 
 
-def _ist_run(model_dir, msf_dir, steps):
+def _ist_run(model_dir, msf_dir, steps, batches=copy_task_batches):
   cfg = tiny_config()
   module = _ist_module(msf_dir)
   model = T5Transformer(cfg, prompt=module)
@@ -193,7 +195,7 @@ def _ist_run(model_dir, msf_dir, steps):
     predictions[step] = ev.predict(tr, "skill_gym_copy")
     return ev(tr, step)
 
-  result = trainer.train(model, frozen, trainable, groups=groups, batches=copy_task_batches,
+  result = trainer.train(model, frozen, trainable, groups=groups, batches=batches,
                          cfg=trainer.TrainerConfig(model_dir=str(model_dir), train_steps=steps,
                                                    checkpoint_period=2, log_period=1,
                                                    progress_bar=False), evaluator=evaluator)
@@ -231,14 +233,26 @@ def test_ist_trains_exactly_d_i_parameters_and_its_export_is_a_plain_prompt(msf_
   np.testing.assert_array_equal(np.asarray(init), exported)
 
 
-def test_ist_logs_d_i_trainable_and_stop_and_resume_is_bitwise(msf_run, ist_run, tmp_path,
-                                                                caplog):
+def sigterm_at(batch_index):
+  """The tiny copy task, but SIGTERM arrives while batch `batch_index` is being fetched."""
+  def batches(start):
+    for i, b in enumerate(copy_task_batches(start), start):
+      if i == batch_index:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield b
+  return batches
+
+
+def test_ist_logs_d_i_trainable_and_kill_and_resume_is_bitwise(msf_run, ist_run, tmp_path,
+                                                               caplog):
   full = ist_run[3]
-  _ist_run(tmp_path, msf_run[0], 2)
+  # Killed (SIGTERM) mid-run at step 3, off the checkpoint period: it saves step 3 and stops.
+  with pytest.raises(trainer.TrainingInterrupted, match="at step 3"):
+    _ist_run(tmp_path, msf_run[0], 4, batches=sigterm_at(2))
   with caplog.at_level(logging.INFO):
-    _, _, resumed, _ = _ist_run(tmp_path, msf_run[0], 4)  # Resumes from checkpoint 2.
+    _, _, resumed, _ = _ist_run(tmp_path, msf_run[0], 4)  # The same command again.
   assert f"Parameters: {I} trainable" in caplog.text
-  assert "Resumed from checkpoint 2" in caplog.text
+  assert "Resumed from checkpoint 3" in caplog.text
   np.testing.assert_array_equal(full.trainable["prompt"]["v"], resumed.trainable["prompt"]["v"])
   np.testing.assert_array_equal(np.load(ist_run[0] / "prompts" / "prompt_4.npy"),
                                 np.load(tmp_path / "prompts" / "prompt_4.npy"))
