@@ -39,7 +39,7 @@ import logging
 import math
 import pathlib
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -396,7 +396,3 @@ def pt_param_groups(config: opt_lib.OptimizerConfig | None = None) -> opt_lib.Pa
   return opt_lib.ParamGroups(opt_lib.PROMPT_TUNING_RULES,
                              {opt_lib.TRAINABLE: config or opt_lib.OptimizerConfig()})
 
-
-def proj_b_params(params: Mapping[str, Any]) -> dict:
-  """The `prompt/proj_b` subtree of a (merged) parameter tree."""
-  return params["prompt"]["proj_b"]
