@@ -329,3 +329,17 @@ def test_the_gin_files_bind_the_modules_and_the_authors_adamw(method, module_nam
     assert (module.intrinsic_dim, module.proj_b.run_dir, cfg.learning_rate) == (7, "/msf", 1e-5)
   else:
     assert module.initializer.run_dir == "/ist"
+
+
+def test_a_prompt_bank_starts_from_every_row_of_a_per_task_ist_export(tmp_path):
+  from prompt_jax.prompts import PromptBank
+  rows = np.random.default_rng(0).normal(size=(T, P, D)).astype(np.float32)
+  (tmp_path / "prompts").mkdir()
+  np.save(tmp_path / "prompts" / "prompt_2.npy", rows[::-1])
+  np.save(tmp_path / "prompts" / "prompt_10.npy", rows)  # "latest" is the largest step.
+  bank = PromptBank(T, P, initializer=ipt.FromISTRun(str(tmp_path)))
+  got = init_prompt_params(bank, jax.random.PRNGKey(0), D)["prompt"]
+  np.testing.assert_array_equal(np.asarray(got), rows)
+  with pytest.raises(ipt.IPTSourceError, match="leave IPT_IST_TASK empty"):
+    init_prompt_params(PromptBank(T, P, initializer=ipt.FromISTRun(str(tmp_path), task="a")),
+                       jax.random.PRNGKey(0), D)
