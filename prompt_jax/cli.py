@@ -174,8 +174,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
   from prompt_jax.prompts.initializers import PromptFileError
   from prompt_jax.train.run_dir import RunDirError
   from prompt_jax.train.trainer import TrainingDivergedError
+  from prompt_jax.train.optimizer import OptimizerConfigError
+  from prompt_jax.prompts.ipt import IPTSourceError
   return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError,
-          PromptFileError, RunDirError, TrainingDivergedError)
+          PromptFileError, RunDirError, TrainingDivergedError, OptimizerConfigError,
+          IPTSourceError)
 
 
 # Write failures a user fixes (disk full, read-only, no permission): a message, not a trace.

@@ -3,6 +3,8 @@
     prompts.Prompt, prompts.PromptBank, prompts.ReparamPrompt  prompt modules (PROMPT = @...())
     prompts.reparam_param_groups                             the reparameterised prompt's groups
     prompts.EPTPrompt, ept.param_groups                      EPT-style / DePT (methods/ept.gin, ...)
+    prompts.MSFPrompt, prompts.ISTPrompt, ipt.*,
+      initializers.FromISTRun                                IPT (methods/ipt_*.gin)
     initializers.RandomUniform, ReferenceUniform, SampledVocab, ClassLabels, FromString,
       FromFile                                               prompt initializers (PROMPT_INIT)
     optim.OptimizerConfig, optim.ParamGroups                 parameter groups and settings
@@ -50,3 +52,16 @@ TrainerConfig = gin.external_configurable(trainer.TrainerConfig, module="trainer
 # A cross-lingual table (`prompt-jax xlingual`, gin/xlingual/*.gin) and the gym's backbone.
 Study = gin.external_configurable(crosslingual.Study, module="xlingual")
 GymStudy = gin.external_configurable(gym_scripts.GymStudy, module="xlingual")
+
+# IPT (methods/ipt_msf.gin, ipt_ist.gin, ipt_pt.gin): its two modules, their parameter
+# groups, where their frozen arrays come from, and the IPT -> PT initializer.
+from prompt_jax.prompts import ipt as _ipt  # noqa: E402  (kept beside its registrations)
+
+MSFPrompt = gin.external_configurable(_ipt.MSFPrompt, module="prompts")
+ISTPrompt = gin.external_configurable(_ipt.ISTPrompt, module="prompts")
+StageZeroBank = gin.external_configurable(_ipt.StageZeroBank, module="ipt")
+ProjBFromRun = gin.external_configurable(_ipt.ProjBFromRun, module="ipt")
+FromISTRun = gin.external_configurable(_ipt.FromISTRun, module="initializers")
+msf_param_groups = gin.external_configurable(_ipt.msf_param_groups, module="ipt")
+ist_param_groups = gin.external_configurable(_ipt.ist_param_groups, module="ipt")
+pt_param_groups = gin.external_configurable(_ipt.pt_param_groups, module="ipt")

@@ -145,7 +145,12 @@ def default_param_groups(prompt: nn.Module | None) -> opt_lib.ParamGroups:
 
 
 def fit_prompt_to_tasks(prompt: nn.Module | None, names: Sequence[str]) -> nn.Module | None:
-  """A per-task module (`num_tasks` field) gets the mixture's task count when it is 0."""
+  """A per-task module (`num_tasks` field) gets the mixture's task count when it is 0.
+
+  A module with a `task_names` field left empty gets the mixture's names (task-id order).
+  """
+  if getattr(prompt, "task_names", None) == ():
+    prompt = prompt.clone(task_names=tuple(names))
   n = getattr(prompt, "num_tasks", None)
   if n is None:
     return prompt

@@ -57,7 +57,13 @@ class Prompt(nn.Module):
 
 
 def bank_init(init: initializers.Initializer) -> initializers.Initializer:
-  """Applies a [P, D] initializer to every task of a [T, P, D] bank (independent keys)."""
+  """Applies a [P, D] initializer to every task of a [T, P, D] bank (independent keys).
+
+  An initializer with an `init_bank(key, shape, dtype)` method (one that knows each task's
+  own rows, e.g. a per-task export of an earlier run) initialises the whole bank itself.
+  """
+  if callable(getattr(init, "init_bank", None)):
+    return init.init_bank
 
   def fn(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
     keys = jax.random.split(key, shape[0])

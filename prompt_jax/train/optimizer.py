@@ -4,7 +4,7 @@ Freezing is explicit, total and checked: `label_params` assigns every parameter 
 with an ordered list of `(regex, group)` rules and raises on a leaf no rule covers. The group
 `"frozen"` is special: its leaves get no gradient and no optimizer state (the train step
 differentiates only the other groups' subtree, `split_params`). Every other group has its own
-`OptimizerConfig` (learning rate, Adafactor settings). The optimizer is an
+`OptimizerConfig` (learning rate, Adafactor or AdamW settings). The optimizer is an
 `optax.multi_transform` over the group labels, whose frozen label is `optax.set_to_zero()`: a
 second guarantee that holds even if a full tree is handed to it. (`optax.masked` would pass
 unmasked updates through unchanged, so it is not a freezing tool.)
@@ -119,9 +119,27 @@ def log_param_counts(trainable: Any, frozen: Any) -> tuple[int, int]:
   return n_train, n_frozen
 
 
+OPTIMIZER_KINDS = ("adafactor", "adamw")
+
+
+class OptimizerConfigError(ValueError):
+  """Optimizer settings that cannot work (a user error: the message says how to fix it)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """Adafactor as in Lester et al. / the reference implementation (constant LR 0.3)."""
+  """One group's optimizer: Adafactor (default) or AdamW, selected by `kind`.
+
+  Adafactor as in Lester et al. / the reference implementation (constant LR 0.3): the
+  `decay_rate` ... `min_dim_size_to_factor` fields.
+
+  AdamW as in the IPT authors' code (`kind="adamw"`): a linear warmup from 0 over
+  `warmup_fraction` of `total_steps` (or `warmup_steps` when > 0), then a linear decay to 0
+  at `total_steps`, gradients clipped to global norm `max_grad_norm` first (the norm is over
+  this group's leaves: with one trainable group, the global norm). `adamw_weight_decay` is
+  decoupled weight decay (their code: none). `total_steps` is required (gin: bind it to
+  %TRAIN_STEPS).
+  """
   learning_rate: float = 0.3
   decay_rate: float = 0.8
   multiply_by_parameter_scale: bool = False
@@ -130,6 +148,36 @@ class OptimizerConfig:
   # Factored second moments only pay off for large matrices; the prompt stays unfactored.
   factored: bool = False
   min_dim_size_to_factor: int = 128
+  kind: str = "adafactor"
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  adamw_weight_decay: float = 0.0
+  total_steps: int = 0
+  warmup_fraction: float = 0.06
+  warmup_steps: int = 0
+  max_grad_norm: float | None = 0.1
+
+  def __post_init__(self):
+    err = OptimizerConfigError
+    if self.kind not in OPTIMIZER_KINDS:
+      raise err(f"OptimizerConfig.kind must be one of {OPTIMIZER_KINDS}, got {self.kind!r}.")
+    if self.kind != "adamw":
+      return
+    if (isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int)
+        or self.total_steps < 1):
+      raise err(f"AdamW's warmup-then-decay schedule needs total_steps >= 1, got "
+                f"{self.total_steps!r} (gin: optim.OptimizerConfig.total_steps = %TRAIN_STEPS).")
+    if not 0.0 <= self.warmup_fraction < 1.0 or self.warmup_steps < 0:
+      raise err(f"warmup_fraction must be in [0, 1) and warmup_steps >= 0, got "
+                f"{self.warmup_fraction}, {self.warmup_steps}.")
+    if self.resolved_warmup_steps() >= self.total_steps:
+      raise err(f"The warmup ({self.resolved_warmup_steps()} steps) must be shorter than "
+                f"total_steps={self.total_steps}.")
+
+  def resolved_warmup_steps(self) -> int:
+    """Warmup length in steps: `warmup_steps`, else `warmup_fraction * total_steps`."""
+    return self.warmup_steps or int(self.warmup_fraction * self.total_steps)
 
 
 # Model tuning follows T5X fine-tuning: factored Adafactor, constant LR 1e-3.
@@ -148,6 +196,34 @@ def adafactor(config: OptimizerConfig) -> optax.GradientTransformation:
       weight_decay_rate=config.weight_decay_rate or None,
       factored=config.factored,
   )
+
+
+def warmup_linear_decay(config: OptimizerConfig) -> optax.Schedule:
+  """0 -> learning_rate over the warmup, then linearly to 0 at total_steps (then 0).
+
+  The shape of transformers' `get_linear_schedule_with_warmup`, which the IPT authors' code
+  uses: the first update (count 0) has learning rate 0 when there is a warmup.
+  """
+  warmup, total, lr = config.resolved_warmup_steps(), config.total_steps, config.learning_rate
+  decay = optax.linear_schedule(lr, 0.0, total - warmup)
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def adamw(config: OptimizerConfig) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW on the warmup-then-decay schedule."""
+  parts = []
+  if config.max_grad_norm is not None:
+    parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+  parts.append(optax.adamw(warmup_linear_decay(config), b1=config.b1, b2=config.b2,
+                           eps=config.eps, weight_decay=config.adamw_weight_decay))
+  return optax.chain(*parts)
+
+
+def group_transform(config: OptimizerConfig) -> optax.GradientTransformation:
+  """The optimizer of one group, by `config.kind`."""
+  return adamw(config) if config.kind == "adamw" else adafactor(config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +283,7 @@ MODEL_TUNING = ParamGroups(MODEL_TUNING_RULES, {TRAINABLE: MODEL_TUNING_OPTIMIZE
 
 def make_optimizer(groups: ParamGroups | OptimizerConfig,
                    rules: Rules | None = None) -> optax.GradientTransformation:
-  """Each group's Adafactor, `set_to_zero` for frozen leaves (labels from the rules).
+  """Each group's optimizer (Adafactor or AdamW), `set_to_zero` for frozen leaves.
 
   `make_optimizer(ParamGroups(...))`, or `make_optimizer(OptimizerConfig(...), rules)` for
   one setting shared by every trainable group.
@@ -216,6 +292,6 @@ def make_optimizer(groups: ParamGroups | OptimizerConfig,
     if rules is None:
       raise ValueError("make_optimizer(OptimizerConfig, rules) needs the rules.")
     groups = as_param_groups(rules, groups)
-  transforms = {name: adafactor(cfg) for name, cfg in groups.optimizers.items()}
+  transforms = {name: group_transform(cfg) for name, cfg in groups.optimizers.items()}
   transforms[FROZEN] = optax.set_to_zero()
   return optax.multi_transform(transforms, groups.labels)

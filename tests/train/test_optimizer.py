@@ -135,3 +135,34 @@ def test_deep_merge_of_a_split_prompt_subtree():
     opt_lib.merge_params(a, a)
   with pytest.raises(ValueError, match="leaf in one tree"):
     opt_lib.merge_params({"prompt": np.zeros(1)}, {"prompt": {"x": np.zeros(1)}})
+
+
+def test_adamw_group_warms_up_decays_and_clips(full_params):
+  """The IPT authors' AdamW: linear warmup, linear decay to 0, global-norm clipping first."""
+  cfg = opt_lib.OptimizerConfig(kind="adamw", learning_rate=1e-2, total_steps=100,
+                                warmup_fraction=0.1, max_grad_norm=0.1)
+  schedule = opt_lib.warmup_linear_decay(cfg)
+  np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 55, 100, 120)],
+                             [0.0, 5e-3, 1e-2, 5e-3, 0.0, 0.0], atol=1e-9)
+  groups = opt_lib.ParamGroups(opt_lib.PROMPT_TUNING_RULES, {opt_lib.TRAINABLE: cfg})
+  labels = groups.labels(full_params)
+  trainable, _ = opt_lib.split_params(full_params, labels)
+  tx = opt_lib.make_optimizer(groups)
+  state = tx.init(trainable)
+  grads = jax.tree_util.tree_map(lambda x: 10.0 * jnp.ones_like(x), trainable)
+  updates, state = tx.update(grads, state, trainable)
+  # Step 0 of a warmup has learning rate 0 (as transformers' linear schedule).
+  assert float(jnp.abs(updates["prompt"]["prompt"]).max()) == 0.0
+  # The first moment saw the clipped gradient: (1 - b1) * g * 0.1 / |g|.
+  mu = [x for x in jax.tree_util.tree_leaves(state) if np.shape(x) == np.shape(
+      trainable["prompt"]["prompt"])][0]
+  np.testing.assert_allclose(float(jnp.linalg.norm(mu)), (1 - cfg.b1) * 0.1, rtol=1e-5)
+
+
+def test_optimizer_kind_and_schedule_are_checked():
+  with pytest.raises(ValueError, match="kind must be one of"):
+    opt_lib.OptimizerConfig(kind="sgd")
+  with pytest.raises(ValueError, match="total_steps >= 1"):
+    opt_lib.OptimizerConfig(kind="adamw")
+  with pytest.raises(ValueError, match="shorter than total_steps"):
+    opt_lib.OptimizerConfig(kind="adamw", total_steps=10, warmup_steps=10)
