@@ -163,10 +163,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
   from prompt_jax.checkpoints import CheckpointError
   from prompt_jax.data.sources import DataNotPreparedError
   from prompt_jax.prompts.initializers import PromptFileError
+  from prompt_jax.prompts.panda import PandaError
   from prompt_jax.train.run_dir import RunDirError
   from prompt_jax.train.trainer import TrainingDivergedError
   return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError,
-          PromptFileError, RunDirError, TrainingDivergedError)
+          PromptFileError, RunDirError, TrainingDivergedError, PandaError)
 
 
 # Write failures a user fixes (disk full, read-only, no permission): a message, not a trace.
