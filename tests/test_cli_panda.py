@@ -53,3 +53,20 @@ def test_panda_bad_settings_exit_2_with_one_line(tmp_path, flags, message):
                      *_args(tmp_path / "kd", TASK), "--gin.TRAIN_STEPS=2", cwd=tmp_path)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_paper_setting_gin_files_parse_with_their_required_macros():
+  import gin
+  from prompt_jax import cli
+  common = ["MODEL_DIR='/m'", "INITIAL_CHECKPOINT_PATH='/c'", "MIXTURE_OR_TASK_NAME='glue_rte'"]
+  try:
+    for name, extra, want in [
+        ("pt", [], "prompts.Prompt"),
+        ("pot", ["SOURCE_MODEL_DIR='/pt/glue_mnli'"], "initializers.FromRun.model_dir = '/pt"),
+        ("kd", ["TEACHER_MODEL_DIR='/pot/x'", "PANDA_SIMILARITY=0.5"], "panda.KDLoss")]:
+      config = cli.parse_gin([f"tables/panda/{name}.gin"], common + extra)
+      assert want in config, (name, config)
+    with pytest.raises(cli.CliError, match="TEACHER_MODEL_DIR"):
+      cli.parse_gin(["tables/panda/kd.gin"], common + ["PANDA_SIMILARITY=0.5"])
+  finally:
+    gin.clear_config()
