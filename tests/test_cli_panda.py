@@ -53,6 +53,7 @@ def test_panda_bad_settings_exit_2_with_one_line(tmp_path, flags, message):
                      *_args(tmp_path / "kd", TASK), "--gin.TRAIN_STEPS=2", cwd=tmp_path)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "kd").exists()  # Found before any model is loaded or dir written.
 
 
 def test_the_paper_setting_gin_files_parse_with_their_required_macros():
@@ -62,7 +63,7 @@ def test_the_paper_setting_gin_files_parse_with_their_required_macros():
   try:
     for name, extra, want in [
         ("pt", [], "prompts.Prompt"),
-        ("pot", ["SOURCE_MODEL_DIR='/pt/glue_mnli'"], "initializers.FromRun.model_dir = '/pt"),
+        ("pot", ["SOURCE_MODEL_DIR='/pt/glue_mnli'"], "SOURCE_MODEL_DIR = '/pt/glue_mnli'"),
         ("kd", ["TEACHER_MODEL_DIR='/pot/x'", "PANDA_SIMILARITY=0.5"], "panda.KDLoss")]:
       config = cli.parse_gin([f"tables/panda/{name}.gin"], common + extra)
       assert want in config, (name, config)

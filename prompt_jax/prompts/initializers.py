@@ -303,9 +303,14 @@ class FromFile:
   """A saved prompt (`.npy`, [P, D]), read when the prompt is initialised."""
   path: str = ""
 
-  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  def check(self) -> None:
+    """Finds the file (and reads its header) without initialising anything."""
     if not self.path:
       raise ValueError("FromFile needs a path (PROMPT_FILE=...).")
+    load_npy_prompt(self.path)
+
+  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    self.check()
     return from_npy(self.path)(key, shape, dtype)
 
 
@@ -356,10 +361,14 @@ class FromRun:
   model_dir: str = ""
   which: str | int = "best"
 
-  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  def check(self) -> pathlib.Path:
+    """The prompt file this resolves to (raises if there is none)."""
     if not self.model_dir:
       raise ValueError("FromRun needs the source run's model dir (SOURCE_MODEL_DIR=...).")
-    return from_npy(run_prompt_path(self.model_dir, self.which))(key, shape, dtype)
+    return run_prompt_path(self.model_dir, self.which)
+
+  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    return from_npy(self.check())(key, shape, dtype)
 
 
 def bind_initializers(module: Any, pretrained: Pretrained) -> Any:
