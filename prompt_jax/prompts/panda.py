@@ -18,7 +18,7 @@ What is PANDA's and what is our port (METHODS.md §4):
   (`label_token_ids`); the MSE is the mean over those columns and positions; the teacher
   and the student share the frozen backbone in one jitted step (one extra forward pass, no
   second copy of the weights); `lambda` is fixed (`weight`) or, since PANDA's metric ->
-  weight formula is not public, `lambda = beta * s(S, T)` with s the transferability metric
+  weight formula is not public, `lambda = beta * max(s(S, T), 0)` with s the transferability metric
   (`prompt-jax transferability`, `prompt_jax.prompts.similarity`).
 
 The pieces on the library's seam:
@@ -133,7 +133,7 @@ class KDLoss:
   """The distillation term `lambda * MSE(student logits, teacher logits)`, a `LossTerm`.
 
   Attributes:
-    weight: a fixed lambda (None: from the metric, `beta * s(S, T)`).
+    weight: a fixed lambda (None: from the metric, `beta * max(s(S, T), 0)`).
     beta: the scale of the metric-controlled lambda (PANDA's code: a flag, default 0.1).
     similarity: s(S, T) for this pair; or give `similarity_csv` with `source` and `target`.
     similarity_csv / source / target: a `prompt-jax transferability` matrix and the entry.
@@ -159,7 +159,7 @@ class KDLoss:
                        f"{self.label_token_ids!r}.")
 
   def lam(self) -> float:
-    """lambda: `weight`, else `beta * s(S, T)`."""
+    """lambda: `weight`, else `beta * max(s(S, T), 0)`."""
     if self.weight is not None:
       if self.weight < 0:
         raise PandaError(f"KDLoss.weight (lambda) must be >= 0, got {self.weight}.")
@@ -174,7 +174,9 @@ class KDLoss:
       raise PandaError("KDLoss needs a fixed lambda (PANDA_LAMBDA=...) or the pair's "
                        "transferability s(S, T) (PANDA_SIMILARITY=... or "
                        "PANDA_SIMILARITY_CSV with PANDA_SOURCE / PANDA_TARGET).")
-    return float(self.beta) * float(s)
+    # A cosine can be negative; a negative lambda would push the student away from the
+    # teacher (the skill gym showed it collapsing), so an unrelated pair gets no KD.
+    return float(self.beta) * max(float(s), 0.0)
 
   def teacher_params(self, params: Any) -> Any:
     """The parameter tree with the teacher's table in the student's place (no gradient)."""

@@ -119,6 +119,7 @@ def test_lambda_needs_a_weight_or_a_similarity_and_reads_the_matrix(tmp_path):
   csv = tmp_path / "m.csv"
   csv.write_text("source,t1,t2\ns1,0.5,0.25\ns2,1.0,0.75\n")
   assert panda.KDLoss(beta=2.0, similarity_csv=str(csv), source="s2", target="t2").lam() == 1.5
+  assert panda.KDLoss(beta=2.0, similarity=-0.3).lam() == 0.0  # Negative s: no KD.
   with pytest.raises(panda.PandaError, match="no entry"):
     panda.KDLoss(similarity_csv=str(csv), source="s3", target="t2")
   with pytest.raises(panda.PandaError, match="label_token_ids"):
