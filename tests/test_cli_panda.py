@@ -1,7 +1,5 @@
 """PoT from a source run's model dir and PANDA-style KD transfer, from the CLI (gin only)."""
 
-import json
-
 import numpy as np
 import pytest
 
