@@ -14,7 +14,7 @@ On the demo's frozen multi-skill backbone (`prompt_jax.demo`, built once and cac
 3. for every pair with source != target: PoT (the target prompt starts from the source
    prompt, same budget) and PANDA-style KD (a fresh student with PT's init, the PoT prompt
    as the frozen teacher, `L = CE + lambda * MSE` on the decoder logits at the target
-   positions, `lambda = beta * s(S, T)`, `--beta`; `--paper_scaling` adds PANDA's code's
+   positions, `lambda = beta * max(s(S, T), 0)`, `--beta`; `--paper_scaling` adds PANDA's code's
    0.1 / B factor);
 4. scores: greedy exact match (percent) on `--test_examples` held-out test rows; the transfer
    gain of a pair is PoT - PT; the Spearman correlation of each metric with the gain over all
