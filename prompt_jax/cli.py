@@ -8,6 +8,7 @@
   prompt-jax prepare NAME [--tfds_data_dir=DIR]
   prompt-jax bench   [--peer peft ...]
   prompt-jax demo    [...]
+  prompt-jax transferability --checkpoint=... --source_prompts=... --target_task=... ...
 
 Gin files are looked up in the working directory, in `--gin_search_paths`, and in the gin
 files shipped inside the package (`prompt_jax/gin`), so `--gin_file=runs/prompt_finetune.gin`
@@ -172,13 +173,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
   from prompt_jax.checkpoints import CheckpointError
   from prompt_jax.data.sources import DataNotPreparedError
   from prompt_jax.prompts.initializers import PromptFileError
+  from prompt_jax.prompts.panda import PandaError
   from prompt_jax.train.run_dir import RunDirError
   from prompt_jax.train.trainer import TrainingDivergedError
   from prompt_jax.train.optimizer import OptimizerConfigError
   from prompt_jax.prompts.ipt import IPTSourceError
   return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError,
           PromptFileError, RunDirError, TrainingDivergedError, OptimizerConfigError,
-          IPTSourceError)
+          IPTSourceError, PandaError)
 
 
 # Write failures a user fixes (disk full, read-only, no permission): a message, not a trace.
@@ -252,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # CUDA and CPU features are noise here). Lines TF prints before its logging is set up still
   # appear; real failures still raise. `TF_CPP_MIN_LOG_LEVEL=0` shows everything again.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  if argv and argv[0] in ("bench", "demo", "xlingual"):  # They own their flags.
+  if argv and argv[0] in ("bench", "demo", "xlingual", "transferability"):  # Own flags.
     import importlib
     return importlib.import_module(f"prompt_jax.{argv[0]}").main(argv[1:]) or 0
   try:

@@ -6,7 +6,9 @@
     prompts.MSFPrompt, prompts.ISTPrompt, ipt.*,
       initializers.FromISTRun                                IPT (methods/ipt_*.gin)
     initializers.RandomUniform, ReferenceUniform, SampledVocab, ClassLabels, FromString,
-      FromFile                                               prompt initializers (PROMPT_INIT)
+      FromFile, FromRun                                      prompt initializers (PROMPT_INIT)
+    prompts.TeacherPrompt, panda.param_groups, panda.KDLoss,
+      panda.kd_loss_terms                                    PANDA-style KD (methods/panda.gin)
     optim.OptimizerConfig, optim.ParamGroups                 parameter groups and settings
     trainer.TrainerConfig                                    loop settings the run files do
                                                              not set (health bounds, logging)
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import gin
 
-from prompt_jax.prompts import ept, initializers, lester, reparam
+from prompt_jax.prompts import ept, initializers, lester, panda, reparam
 from prompt_jax.studies import crosslingual, gym_scripts
 from prompt_jax.train import optimizer
 from prompt_jax.train import trainer
@@ -35,9 +37,15 @@ EPTPrompt = gin.external_configurable(ept.EPTPrompt, module="prompts")
 # Its three parameter groups (prompt, low_rank, mixer), each with its own learning rate.
 EPTParamGroups = gin.external_configurable(ept.param_groups, name="param_groups",
                                            module="ept")
+# PANDA-style KD transfer: student + frozen teacher prompt, its groups and its loss term.
+TeacherPrompt = gin.external_configurable(panda.TeacherPrompt, module="prompts")
+PandaParamGroups = gin.external_configurable(panda.param_groups, name="param_groups",
+                                             module="panda")
+KDLoss = gin.external_configurable(panda.KDLoss, module="panda")
+kd_loss_terms = gin.external_configurable(panda.kd_loss_terms, module="panda")
 
 for _name in ("RandomUniform", "ReferenceUniform", "SampledVocab", "ClassLabels",
-              "FromString", "FromFile"):
+              "FromString", "FromFile", "FromRun"):
   gin.external_configurable(getattr(initializers, _name), module="initializers")
 
 # Called (rather than the bare classes) where the library builds its defaults, so

@@ -118,6 +118,20 @@ def validate_prompt(prompt: nn.Module | None) -> None:
   length = getattr(prompt, "length", None)
   if length is not None:
     _positive_int("PROMPT_LENGTH", length)
+  check_initializer_files(prompt)
+
+
+def check_initializer_files(prompt: nn.Module | None) -> None:
+  """Initializers that read files (`check()`: FromFile, FromRun) find them before loading."""
+  if prompt is None or not dataclasses.is_dataclass(prompt):
+    return
+  for field in dataclasses.fields(prompt):
+    value = getattr(prompt, field.name, None)
+    if callable(getattr(value, "check", None)):
+      try:
+        value.check()
+      except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"Prompt initialisation failed: {e}") from None
 
 
 def check_heads(num_heads: int, num_partitions: int, allow_replicated: bool) -> None:

@@ -177,6 +177,9 @@ class MlpBlock(nn.Module):
       w = Kernel((d_model, self.d_ff), ("embed", "mlp"),
                  nn.initializers.normal(d_model ** -0.5), name=name)()
       hidden.append(jnp.einsum("BLD,DF->BLF", x, w.astype(self.dtype)))
+    # The FFN neurons' activations (post-nonlinearity, before the gate's product), recorded
+    # only when the caller makes `intermediates` mutable (neuron-overlap transferability).
+    self.sow("intermediates", "ffn_activation", act(hidden[0]))
     h = act(hidden[0]) * hidden[1] if self.gated else act(hidden[0])
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     if not deterministic and self.dropout_rate > 0:

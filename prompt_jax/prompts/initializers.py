@@ -11,6 +11,8 @@ Defaults follow Lester et al. (2021) and its reference implementation:
   class_labels(E, ids)      row i = mean embedding of label i's sub-tokens; the rest sampled vocab
   from_string(E, ids)       the embedded token ids of a string; the rest sampled vocab
   from_npy(path)            a saved [P, D] prompt (np.load with allow_pickle=False)
+  FromRun(model_dir)        a source run's exported prompt (best on validation, else the
+                            latest step): prompt transfer (PoT) from a run's model dir
 
 The same initializers exist as small frozen dataclasses (`RandomUniform`, `ReferenceUniform`,
 `SampledVocab`, `ClassLabels`, `FromString`, `FromFile`), the objects gin binds
@@ -301,10 +303,72 @@ class FromFile:
   """A saved prompt (`.npy`, [P, D]), read when the prompt is initialised."""
   path: str = ""
 
-  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  def check(self) -> None:
+    """Finds the file (and reads its header) without initialising anything."""
     if not self.path:
       raise ValueError("FromFile needs a path (PROMPT_FILE=...).")
+    load_npy_prompt(self.path)
+
+  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    self.check()
     return from_npy(self.path)(key, shape, dtype)
+
+
+RUN_PROMPT_CHOICES = ("best", "latest")
+
+
+def run_prompt_path(model_dir: str | pathlib.Path, which: str | int = "best") -> pathlib.Path:
+  """The exported prompt of a training run: `<model_dir>/prompts/prompt_<step>.npy`.
+
+  Args:
+    model_dir: a training run's model dir (what `prompt-jax train` wrote).
+    which: "best" (`prompt_best.npy`, the best-on-validation export, falling back to the
+      latest step when the run recorded no best), "latest" (the highest step) or a step.
+
+  Raises:
+    FileNotFoundError: no such run dir, or it holds no matching export (the message lists
+      what it holds).
+  """
+  prompts = pathlib.Path(model_dir) / "prompts"
+  if not pathlib.Path(model_dir).is_dir():
+    raise FileNotFoundError(f"Source run dir {model_dir} does not exist.")
+  steps = sorted(int(p.stem.split("_", 1)[1]) for p in prompts.glob("prompt_*.npy")
+                 if p.stem.split("_", 1)[1].isdigit())
+  if isinstance(which, bool) or not (which in RUN_PROMPT_CHOICES or isinstance(which, int)):
+    raise ValueError(f"FromRun.which must be one of {RUN_PROMPT_CHOICES} or a step, got "
+                     f"{which!r}.")
+  if which == "best" and (prompts / "prompt_best.npy").exists():
+    return prompts / "prompt_best.npy"
+  if isinstance(which, int):
+    path = prompts / f"prompt_{which}.npy"
+    if path.exists():
+      return path
+  elif steps:
+    return prompts / f"prompt_{steps[-1]}.npy"
+  raise FileNotFoundError(f"Run dir {model_dir} has no exported prompt {which!r} "
+                          f"(exported steps: {steps or 'none'}); train it first, or point "
+                          "at a run dir that `prompt-jax train` wrote.")
+
+
+@dataclasses.dataclass(frozen=True)
+class FromRun:
+  """A source run's exported prompt (prompt transfer from its model dir, PoT).
+
+  `which`: "best" (best-on-validation export, else the latest step), "latest" or a step.
+  The file is resolved and read when the prompt is initialised (so at every start of the
+  target run, which keeps resuming exact).
+  """
+  model_dir: str = ""
+  which: str | int = "best"
+
+  def check(self) -> pathlib.Path:
+    """The prompt file this resolves to (raises if there is none)."""
+    if not self.model_dir:
+      raise ValueError("FromRun needs the source run's model dir (SOURCE_MODEL_DIR=...).")
+    return run_prompt_path(self.model_dir, self.which)
+
+  def __call__(self, key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+    return from_npy(self.check())(key, shape, dtype)
 
 
 def bind_initializers(module: Any, pretrained: Pretrained) -> Any:
