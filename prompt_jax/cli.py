@@ -45,7 +45,20 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--gin_search_paths", default="", help="comma-separated directories")
   p.add_argument("--tfds_data_dir", default=None)
   p.add_argument("-v", "--verbose", action="store_true")
+  # Multi-host (train / eval / infer): an explicit coordinator; TPU pods, SLURM and Open MPI
+  # are detected from their environment. Defaults: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+  # JAX_PROCESS_ID.
+  p.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
   return p
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+  """Joins the multi-host job (if any) before anything can start the JAX backend."""
+  from prompt_jax.train import multihost
+  multihost.initialize(coordinator_address=args.coordinator_address,
+                       num_processes=args.num_processes, process_id=args.process_id)
 
 
 def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -163,10 +176,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
   from prompt_jax.checkpoints import CheckpointError
   from prompt_jax.data.sources import DataNotPreparedError
   from prompt_jax.prompts.initializers import PromptFileError
+  from prompt_jax.train.multihost import DistributedError
   from prompt_jax.train.run_dir import RunDirError
   from prompt_jax.train.trainer import TrainingDivergedError
   return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError,
-          PromptFileError, RunDirError, TrainingDivergedError)
+          PromptFileError, RunDirError, TrainingDivergedError, DistributedError)
 
 
 # Write failures a user fixes (disk full, read-only, no permission): a message, not a trace.
@@ -224,6 +238,7 @@ def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -
                    f"--gin_file=runs/prompt_{'finetune' if args.command == 'train' else args.command}.gin.")
   if args.tfds_data_dir:
     bindings = [*bindings, f"{_run_fn_name(args.command)}.tfds_data_dir = '{args.tfds_data_dir}'"]
+  _initialize_distributed(args)
   parse_gin(args.gin_file, bindings, args.gin_search_paths, check_macros=True)
   _run(args.command)
   return 0
