@@ -25,6 +25,8 @@ import numpy as np
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
 PROCESS_ID_ENV = "JAX_PROCESS_ID"
+# Set to 1 by a launcher (tpu_scripts/launch.sh): join the job, JAX detects the cluster.
+AUTO_ENV = "PROMPT_JAX_DISTRIBUTED"
 
 
 class DistributedError(RuntimeError):
@@ -39,13 +41,16 @@ def _count(env: Mapping[str, str], name: str) -> int:
 
 
 def detect_launch(env: Mapping[str, str], coordinator_address: str | None = None) -> str | None:
-  """How this process was launched as one of several: 'explicit', 'tpu', 'slurm', 'mpi'.
+  """How this process was launched as one of several: 'explicit', 'auto', 'tpu', 'slurm',
+  'mpi' ('auto': PROMPT_JAX_DISTRIBUTED=1, the cluster is JAX's to detect).
 
   None: a single-process run (nothing to initialise). A TPU VM of one host, a SLURM or MPI
   job of one task are single-process runs.
   """
   if coordinator_address or env.get(COORDINATOR_ENV):
     return "explicit"
+  if env.get(AUTO_ENV, "") not in ("", "0"):  # tpu_scripts/launch.sh sets it on every worker.
+    return "auto"
   hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
   if len(hosts) > 1:
     return "tpu"

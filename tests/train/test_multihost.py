@@ -82,6 +82,7 @@ def test_detect_launch():
   assert multihost.detect_launch({"SLURM_NTASKS": "4"}) == "slurm"
   assert multihost.detect_launch({"OMPI_COMM_WORLD_SIZE": "2"}) == "mpi"
   assert multihost.detect_launch({}, "10.0.0.1:1234") == "explicit"
+  assert multihost.detect_launch({"PROMPT_JAX_DISTRIBUTED": "1"}) == "auto"
 
 
 def test_initialize_refuses_incomplete_settings_and_a_started_backend():
