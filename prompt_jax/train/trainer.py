@@ -24,7 +24,6 @@ import time
 from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from prompt_jax.train import adapter as adapter_lib
