@@ -9,6 +9,7 @@
   prompt-jax bench   [--peer peft ...]
   prompt-jax demo    [...]
   prompt-jax transferability --checkpoint=... --source_prompts=... --target_task=... ...
+  prompt-jax plan    --gin_file=... [--devices=N | --topology=v4-64] [--device_memory=16GiB]
 
 Gin files are looked up in the working directory, in `--gin_search_paths`, and in the gin
 files shipped inside the package (`prompt_jax/gin`), so `--gin_file=runs/prompt_finetune.gin`
@@ -47,7 +48,20 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--gin_search_paths", default="", help="comma-separated directories")
   p.add_argument("--tfds_data_dir", default=None)
   p.add_argument("-v", "--verbose", action="store_true")
+  # Multi-host (train / eval / infer): an explicit coordinator; TPU pods, SLURM and Open MPI
+  # are detected from their environment. Defaults: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+  # JAX_PROCESS_ID.
+  p.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
   return p
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+  """Joins the multi-host job (if any) before anything can start the JAX backend."""
+  from prompt_jax.train import multihost
+  multihost.initialize(coordinator_address=args.coordinator_address,
+                       num_processes=args.num_processes, process_id=args.process_id)
 
 
 def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -174,13 +188,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
   from prompt_jax.data.sources import DataNotPreparedError
   from prompt_jax.prompts.initializers import PromptFileError
   from prompt_jax.prompts.panda import PandaError
+  from prompt_jax.train.multihost import DistributedError
   from prompt_jax.train.run_dir import RunDirError
   from prompt_jax.train.trainer import TrainingDivergedError
   from prompt_jax.train.optimizer import OptimizerConfigError
   from prompt_jax.prompts.ipt import IPTSourceError
   return (CliError, runs.UserError, CheckpointError, DataNotPreparedError, FileNotFoundError,
           PromptFileError, RunDirError, TrainingDivergedError, OptimizerConfigError,
-          IPTSourceError, PandaError)
+          IPTSourceError, PandaError, DistributedError)
 
 
 # Write failures a user fixes (disk full, read-only, no permission): a message, not a trace.
@@ -238,6 +253,7 @@ def _dispatch(args: argparse.Namespace, bindings: list[str], extra: list[str]) -
                    f"--gin_file=runs/prompt_{'finetune' if args.command == 'train' else args.command}.gin.")
   if args.tfds_data_dir:
     bindings = [*bindings, f"{_run_fn_name(args.command)}.tfds_data_dir = '{args.tfds_data_dir}'"]
+  _initialize_distributed(args)
   parse_gin(args.gin_file, bindings, args.gin_search_paths, check_macros=True)
   _run(args.command)
   return 0
@@ -254,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # CUDA and CPU features are noise here). Lines TF prints before its logging is set up still
   # appear; real failures still raise. `TF_CPP_MIN_LOG_LEVEL=0` shows everything again.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  if argv and argv[0] in ("bench", "demo", "xlingual", "transferability"):  # Own flags.
+  if argv and argv[0] in ("bench", "demo", "xlingual", "transferability", "plan"):  # Own flags.
     import importlib
     return importlib.import_module(f"prompt_jax.{argv[0]}").main(argv[1:]) or 0
   try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import pathlib
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -26,7 +25,10 @@ from prompt_jax.prompts import Prompt, PromptBank, init_prompt_params, initializ
 from prompt_jax.train import adapter as adapter_lib
 from prompt_jax.train import evaluation
 from prompt_jax.train import inputs
+from prompt_jax.train import multihost
 from prompt_jax.train import optimizer as opt_lib
+from prompt_jax.train import partitioning
+from prompt_jax.train import paths
 from prompt_jax.train import run_dir
 from prompt_jax.train import trainer
 
@@ -41,13 +43,44 @@ def architecture(**overrides: Any) -> dict[str, Any]:
   return overrides
 
 
+_DTYPES = ("float32", "bfloat16")
+
+
+@gin.configurable
+def precision(param_dtype: str = "float32", dtype: str = "float32") -> dict[str, str]:
+  """The frozen weights' dtype (PARAM_DTYPE) and the activation dtype (ACTIVATION_DTYPE).
+
+  bfloat16 weights halve the frozen model's memory (T5 1.1 XXL on 16 GiB cores); the
+  trainable prompt stays float32. On CPU keep float32 (no native bf16 matmul).
+  """
+  for name, value in (("PARAM_DTYPE", param_dtype), ("ACTIVATION_DTYPE", dtype)):
+    if value not in _DTYPES:
+      raise UserError(f"{name} must be one of {_DTYPES}, got {value!r} (--gin.{name}=...).")
+  return {"param_dtype": param_dtype, "dtype": dtype}
+
+
+def _precision_identity() -> dict[str, Any]:
+  """Non-default precision settings, for the run's identity (defaults leave it as before)."""
+  chosen = precision()
+  return {} if chosen == {"param_dtype": "float32", "dtype": "float32"} else {
+      "precision": chosen}
+
+
+def frozen_shardings(mesh: jax.sharding.Mesh):
+  """`load_pretrained`'s `sharding`: each frozen weight straight onto its mesh sharding."""
+  from prompt_jax.train import builder
+  return lambda model: partitioning.shardings_for(builder.abstract_params(model), mesh)
+
+
 def _vocabulary(task_name: str) -> seqio.Vocabulary:
   return seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
 
 
 def write_config(model_dir: str) -> None:
   """Writes the gin config of this run to `<model_dir>/config.gin`."""
-  path = pathlib.Path(model_dir)
+  if not multihost.is_primary():
+    return
+  path = paths.as_path(model_dir)
   path.mkdir(parents=True, exist_ok=True)
   (path / "config.gin").write_text(gin.config_str())
 
@@ -69,15 +102,22 @@ def check_task(name: str, data_dir: str | None = None) -> None:
 def check_checkpoint_path(path: str) -> None:
   if not path:
     raise UserError("INITIAL_CHECKPOINT_PATH is not set (--gin.INITIAL_CHECKPOINT_PATH=...).")
-  if not str(path).startswith("gs://") and not pathlib.Path(path).exists():
+  if paths.is_local(str(path)) and not paths.as_path(path).exists():
     raise UserError(f"Checkpoint {path} does not exist; set INITIAL_CHECKPOINT_PATH to a T5X "
                     "checkpoint dir or an HF model dir.")
 
 
-def _load(path: str, overrides: Mapping[str, Any]):
+def _load(path: str, overrides: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None):
+  """(model, frozen params): on `mesh`'s shardings (each process reads only its devices'
+  slices), in the chosen precision."""
   check_checkpoint_path(path)
+  chosen = precision()
+  sharding = frozen_shardings(mesh) if mesh is not None else None
   try:
-    return load_pretrained(path, **overrides)
+    model, params = load_pretrained(path, sharding=sharding,
+                                    param_dtype=jax.numpy.dtype(chosen["param_dtype"]),
+                                    **overrides)
+    return T5Transformer(model.config.replace(dtype=chosen["dtype"])), params
   except CheckpointError:
     raise
   except (ValueError, TypeError) as e:  # Gin architecture.* bindings that do not fit.
@@ -108,10 +148,9 @@ def validate_mesh(num_partitions: Any, batch_size: Any) -> None:
     raise UserError(f"NUM_PARTITIONS={num_partitions} must divide the {devices} devices "
                     f"(data-parallel size = devices / NUM_PARTITIONS).")
   data = devices // num_partitions
-  if batch_size % data or batch_size % jax.process_count():
+  if batch_size % data:
     raise UserError(f"BATCH_SIZE={batch_size} must be divisible by the data-parallel size "
-                    f"{data} ({devices} devices / NUM_PARTITIONS={num_partitions}) and by the "
-                    f"{jax.process_count()} processes.")
+                    f"{data} ({devices} devices / NUM_PARTITIONS={num_partitions}).")
 
 
 def validate_prompt(prompt: nn.Module | None) -> None:
@@ -144,7 +183,7 @@ def check_heads(num_heads: int, num_partitions: int, allow_replicated: bool) -> 
 
 
 def _resuming(model_dir: str) -> bool:
-  ckpts = pathlib.Path(model_dir) / "checkpoints"
+  ckpts = paths.as_path(model_dir) / "checkpoints"
   return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
 
 
@@ -189,7 +228,8 @@ class Built:
 def build_model(checkpoint: str, prompt: nn.Module | None, task_name: str, *,
                 groups: opt_lib.ParamGroups | None = None,
                 loss_terms: Sequence[tuple[str, Any]] = (), seed: int = 0,
-                extra_frozen: Mapping[str, Any] | None = None) -> Built:
+                extra_frozen: Mapping[str, Any] | None = None,
+                mesh: jax.sharding.Mesh | None = None) -> Built:
   """Loads the checkpoint, binds the prompt's initializers to it, initialises, splits.
 
   Args:
@@ -201,17 +241,19 @@ def build_model(checkpoint: str, prompt: nn.Module | None, task_name: str, *,
     loss_terms: (name, LossTerm) pairs for the adapter.
     seed: the prompt initialisation key.
     extra_frozen: more frozen parameters (e.g. a teacher prompt read by a loss term).
+    mesh: load the frozen weights straight onto this mesh's shardings (None: host arrays).
 
   Returns:
     A `Built`; `trainable` holds every leaf of a non-frozen group, `frozen` the rest.
   """
   groups = groups or default_param_groups(prompt)
   names = inputs.task_names(task_name)
-  base, pretrained = _load(checkpoint, architecture())
+  base, pretrained = _load(checkpoint, architecture(), mesh)
   prompt = fit_prompt_to_tasks(prompt, names)
   params = dict(pretrained)
-  if prompt is not None:
-    embedding = np.asarray(pretrained["token_embedder"]["embedding"])
+  if prompt is not None:  # The initializers read the table on the host (gathered).
+    embedding = np.asarray(multihost.to_host(pretrained["token_embedder"]["embedding"]),
+                           np.float32)
     try:
       prompt = initializers.bind_initializers(
           prompt, initializers.Pretrained(embedding, _vocabulary(task_name)))
@@ -233,7 +275,9 @@ def build_model(checkpoint: str, prompt: nn.Module | None, task_name: str, *,
 def write_task_names(model_dir: str, names: Sequence[str]) -> None:
   """`MODEL_DIR/tasks.json`: the task-id order (a mixture's sorted task names)."""
   from prompt_jax.train import checkpointing
-  checkpointing.write_json(pathlib.Path(model_dir) / "tasks.json", {"task_names": list(names)})
+  if multihost.is_primary():
+    checkpointing.write_json(paths.as_path(model_dir) / "tasks.json",
+                             {"task_names": list(names)})
 
 
 @gin.configurable
@@ -254,6 +298,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   method needs beyond its module (its parameter groups, loss terms) comes from its gin file
   through `param_groups` / `loss_terms`.
   """
+  multihost.initialize()  # Before anything below starts the backend (a no-op in 1 process).
   check_task(mixture_or_task_name, tfds_data_dir)
   # Everything checkable without a model is checked before anything is loaded or written.
   _positive_int("TRAIN_STEPS", train_steps)
@@ -275,18 +320,20 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
               "task_feature_lengths": run_dir.describe(task_feature_lengths),
               "batch_size": batch_size, "seed": seed, "prompt": run_dir.describe(prompt),
               "param_rules": run_dir.describe(groups.rules),
-              "loss_terms": [name for name, _ in loss_terms]}
+              "loss_terms": [name for name, _ in loss_terms], **_precision_identity()}
+  mesh = partitioning.make_mesh(num_partitions)
+  multihost.log_topology(mesh)
   with run_dir.RunDirLock(model_dir):
     run_dir.check_identity(model_dir, identity, resuming=_resuming(model_dir))
     write_config(model_dir)
     built = build_model(initial_checkpoint_path, prompt, mixture_or_task_name,
-                        groups=groups, loss_terms=loss_terms, seed=seed)
+                        groups=groups, loss_terms=loss_terms, seed=seed, mesh=mesh)
     check_heads(built.adapter.config.num_heads, num_partitions, allow_replicated_heads)
     write_task_names(model_dir, built.task_names)
     return _train_built(built, model_dir, mixture_or_task_name, task_feature_lengths,
                         train_steps, batch_size, num_partitions, checkpoint_period,
                         eval_period, eval_split, eval_mode, max_eval_examples, best_metric,
-                        seed)
+                        seed, mesh)
 
 
 def _check_mode(mode: str) -> None:
@@ -319,6 +366,7 @@ def _owns_model_dir(command: str):
   def decorate(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+      multihost.initialize()  # Before the lock asks which process this is.
       model_dir = kwargs.get("model_dir")
       if model_dir:
         run_dir.refuse_training_dir(model_dir, command)
@@ -332,13 +380,13 @@ def _owns_model_dir(command: str):
 
 def _train_built(built: Built, model_dir, mixture_or_task_name, task_feature_lengths,
                  train_steps, batch_size, num_partitions, checkpoint_period, eval_period,
-                 eval_split, eval_mode, max_eval_examples, best_metric, seed
+                 eval_split, eval_mode, max_eval_examples, best_metric, seed, mesh=None
                  ) -> trainer.TrainResult:
   """The training part of `train`, once the run dir is owned and the model built."""
   evaluator = evaluation.Evaluator(
       built.adapter, built.frozen, built.task_names, split=eval_split,
       feature_lengths=task_feature_lengths, batch_size=batch_size,
-      max_examples=max_eval_examples, mode=eval_mode, model_dir=model_dir)
+      max_examples=max_eval_examples, mode=eval_mode, model_dir=model_dir, mesh=mesh)
   batches = inputs.batch_factory(mixture_or_task_name, split="train",
                                  task_feature_lengths=task_feature_lengths,
                                  batch_size=batch_size, seed=seed)
@@ -348,11 +396,11 @@ def _train_built(built: Built, model_dir, mixture_or_task_name, task_feature_len
                                     seed=seed, best_metric=best_metric,
                                     task_names=tuple(built.task_names))
   return trainer.train(built.adapter, built.frozen, built.trainable, groups=built.groups,
-                       batches=batches, cfg=cfg, evaluator=evaluator)
+                       batches=batches, cfg=cfg, evaluator=evaluator, mesh=mesh)
 
 
 def _prompted_from_file(checkpoint: str, prompt_file: str, placement: str,
-                        task_name: str, offset_file: str | None = None):
+                        task_name: str, offset_file: str | None = None, mesh=None):
   """(adapter, frozen, trainable, task names) for `pretrained + exported prompt file`.
 
   A [P, D] file is a plain `Prompt`; a [T, P, D] file (a per-task export) a `PromptBank`
@@ -362,11 +410,11 @@ def _prompted_from_file(checkpoint: str, prompt_file: str, placement: str,
   """
   if not prompt_file:
     raise UserError("PROMPT_FILE is not set (--gin.PROMPT_FILE=path/to/prompt.npy).")
-  if not pathlib.Path(prompt_file).exists():
+  if not paths.as_path(prompt_file).exists():
     raise UserError(f"Prompt file {prompt_file} does not exist.")
   array = initializers.load_npy_prompt(prompt_file)
   names = inputs.task_names(task_name)
-  base, frozen = _load(checkpoint, architecture())
+  base, frozen = _load(checkpoint, architecture(), mesh)
   d = base.config.d_model
   if array.ndim == 2 and array.shape[1] == d:
     prompt = Prompt(array.shape[0], placement=placement)
@@ -387,7 +435,7 @@ def _with_offset(offset_file: str, array: np.ndarray, d: int, placement: str,
                  trainable: dict) -> tuple[nn.Module, dict]:
   """An `OffsetPrompt` (prompt [P, D] + fixed input offset [M, D]) and its parameters."""
   from prompt_jax.prompts.ept import OFFSET_EXPORT, OffsetPrompt
-  if not pathlib.Path(offset_file).exists():
+  if not paths.as_path(offset_file).exists():
     raise UserError(f"Offset file {offset_file} does not exist.")
   offset = initializers.load_npy_prompt(offset_file)
   if array.ndim != 2 or offset.ndim != 2 or offset.shape[1] != d or placement != "prefix":
@@ -406,19 +454,21 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
              split: str = "validation", mode: str = "generation", batch_size: int = 32,
              max_examples: int | None = None, placement: str = "prefix",
              tfds_data_dir: str | None = None, offset_file: str | None = None,
-             prompt_files: str | Sequence[str] | None = None, ensemble_vote: str = "majority"
-             ) -> dict[str, float]:
+             prompt_files: str | Sequence[str] | None = None, ensemble_vote: str = "majority",
+             num_partitions: int = 1) -> dict[str, float]:
   """Evaluates `pretrained checkpoint + prompt file`; writes metrics.jsonl and inference.
 
   `offset_file`: the run's exported input offset, for methods that export one.
   `prompt_files` (a list of .npy files or a dir of them, instead of `prompt_file`): a
   one-pass ensemble (`prompt_jax.train.ensemble`) voting by `ensemble_vote`; the metrics
   hold the ensemble's, each member's, their mean and their best.
+  `num_partitions`: the mesh's model-parallel size (the frozen model loads sharded).
   """
   check_task(mixture_or_task_name, tfds_data_dir)
   _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples,
                    mode)
   _check_prompt_args(prompt_file, prompt_files, offset_file, ensemble_vote)
+  mesh = _eval_mesh(num_partitions, batch_size)
   write_config(model_dir)
   if prompt_files is not None:
     files, ens = _ensemble_evaluator(
@@ -433,10 +483,11 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                               "mode": mode, "metrics": metrics})
     return metrics
   model, frozen, trainable, names = _prompted_from_file(
-      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file)
+      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file, mesh)
   ev = evaluation.Evaluator(model, frozen, names, split=split,
                             feature_lengths=task_feature_lengths, batch_size=batch_size,
-                            max_examples=max_examples, mode=mode, model_dir=model_dir)
+                            max_examples=max_examples, mode=mode, model_dir=model_dir,
+                            mesh=mesh)
   metrics = ev(trainable, "eval")
   _write_eval_metrics(model_dir, metrics)
   return metrics
@@ -444,7 +495,7 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
 def _write_eval_metrics(model_dir: str, metrics: Mapping[str, float]) -> None:
   from prompt_jax.train.metrics_writer import MetricsWriter
-  writer = MetricsWriter(model_dir)
+  writer = MetricsWriter(model_dir, enabled=multihost.is_primary())
   writer.write(0, "eval", dict(metrics))
   writer.close()
   logging.info("Eval metrics: %s", metrics)
@@ -494,7 +545,7 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           split: str = "test", batch_size: int = 32, max_examples: int | None = None,
           placement: str = "prefix", tfds_data_dir: str | None = None,
           offset_file: str | None = None, prompt_files: str | Sequence[str] | None = None,
-          ensemble_vote: str = "majority") -> list[pathlib.Path]:
+          ensemble_vote: str = "majority", num_partitions: int = 1) -> list[Any]:
   """Greedy predictions of `pretrained checkpoint + prompt file` (+ offset) as JSONL.
 
   With `prompt_files` the one-pass ensemble's voted `prediction` and every member's
@@ -503,6 +554,7 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   check_task(mixture_or_task_name, tfds_data_dir)
   _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples)
   _check_prompt_args(prompt_file, prompt_files, offset_file, ensemble_vote)
+  mesh = _eval_mesh(num_partitions, batch_size)
   write_config(model_dir)
   if prompt_files is not None:
     from prompt_jax.train import ensemble as ensemble_lib
@@ -513,13 +565,23 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     return [ensemble_lib.write_inference(model_dir, task, "infer", ens.examples[task],
                                          ens.evaluate_task(task)) for task in ens.examples]
   model, frozen, trainable, names = _prompted_from_file(
-      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file)
-  paths = []
+      initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file, mesh)
+  written = []
   for task in names:
     ev = evaluation.Evaluator(model, frozen, [task], split=split,
                               feature_lengths=task_feature_lengths, batch_size=batch_size,
                               max_examples=max_examples,
-                              task_ids={task: names.index(task)})
+                              task_ids={task: names.index(task)}, mesh=mesh)
     preds = ev.predict(trainable, task)
-    paths.append(evaluation.write_inference(model_dir, task, "infer", ev.examples[task], preds))
-  return paths
+    if multihost.is_primary():
+      written.append(evaluation.write_inference(model_dir, task, "infer", ev.examples[task],
+                                                preds))
+  return written
+
+
+def _eval_mesh(num_partitions: Any, batch_size: int) -> jax.sharding.Mesh:
+  """The eval / infer mesh (its batches split over `data`, as in training)."""
+  validate_mesh(num_partitions, batch_size)
+  mesh = partitioning.make_mesh(num_partitions)
+  multihost.log_topology(mesh)
+  return mesh

@@ -15,6 +15,17 @@ REMOTE_LOGS="${REMOTE_LOGS:-prompt_jax_logs}"
 # shellcheck disable=SC2034  # Used by the scripts that source this file.
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+# --dry_run (any position) or DRY_RUN=1: print every gcloud command instead of running it.
+# (Sourced without arguments, this file sees and edits the calling script's arguments.)
+DRY_RUN="${DRY_RUN:-0}"
+_kept=()
+for _arg in "$@"; do
+  if [[ "$_arg" == "--dry_run" ]]; then DRY_RUN=1; else _kept+=("$_arg"); fi
+done
+set -- ${_kept[@]+"${_kept[@]}"}
+unset _kept _arg
+export DRY_RUN  # Scripts this one calls (launch.sh -> fetch_logs.sh) dry-run too.
+
 die() {
   echo "error: $*" >&2
   exit 2
@@ -28,7 +39,13 @@ tpu_vm() {
   if [[ -n "$PROJECT" ]]; then
     extra+=("--project=$PROJECT")
   fi
-  gcloud compute tpus tpu-vm "$verb" "$@" --zone="$ZONE" ${extra[@]+"${extra[@]}"}
+  local cmd=(gcloud compute tpus tpu-vm "$verb" "$@" --zone="$ZONE" ${extra[@]+"${extra[@]}"})
+  if [[ "$DRY_RUN" == "1" ]]; then
+    printf '%q ' "${cmd[@]}"
+    echo
+    return 0
+  fi
+  "${cmd[@]}"
 }
 
 # on_all_workers NAME COMMAND: runs COMMAND on every worker of TPU VM NAME, at once (the
@@ -38,5 +55,6 @@ on_all_workers() {
 }
 
 require_gcloud() {
+  [[ "$DRY_RUN" == "1" ]] && return 0
   command -v gcloud >/dev/null 2>&1 || die "gcloud not found; install the Google Cloud CLI."
 }

@@ -13,6 +13,7 @@ usage: $0 NAME GIN_FILE [prompt-jax train flags ...]
   Each worker writes ~/$REMOTE_LOGS/RUN/<hostname>.log; in the foreground the logs are
   then copied to ./tpu_logs/NAME/RUN/ (see fetch_logs.sh for detached runs).
   env: ZONE (default $ZONE), PROJECT, RUN (default UTC time), DETACH=1 (start and return)
+  --dry_run (or DRY_RUN=1): print the gcloud commands instead of running them
 USAGE
   exit 2
 }
@@ -29,7 +30,9 @@ require_gcloud
 printf -v train_cmd '%q ' prompt-jax train "--gin_file=$GIN_FILE" "$@"
 logdir="\$HOME/$REMOTE_LOGS/$RUN"  # $HOME expands on the worker.
 log="$logdir/\$(hostname).log"
-prefix="set -o pipefail; mkdir -p $logdir && cd ~/$REMOTE_DIR && export PATH=\"\$HOME/.local/bin:\$PATH\""
+# PROMPT_JAX_DISTRIBUTED=1: every worker joins the job (jax.distributed.initialize, the
+# cluster auto-detected) before anything touches the TPU.
+prefix="set -o pipefail; mkdir -p $logdir && cd ~/$REMOTE_DIR && export PATH=\"\$HOME/.local/bin:\$PATH\" PROMPT_JAX_DISTRIBUTED=1"
 if [[ "${DETACH:-0}" == "1" ]]; then
   remote="$prefix && nohup $train_cmd > $log 2>&1 < /dev/null & echo \"\$(hostname): started\""
 else

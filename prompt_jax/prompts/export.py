@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 from typing import Any
 
 import ml_dtypes  # noqa: F401  Registers bfloat16 with numpy (a bf16 adapter file needs it).
 import numpy as np
+from etils import epath
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
@@ -108,50 +108,52 @@ def adapter_config(num_virtual_tokens: int, token_dim: int, *,
   }
 
 
-def _write_file(path: pathlib.Path, data: bytes) -> None:
-  with open(path, "wb") as f:
+def _write_file(path: epath.Path, data: bytes) -> None:
+  with path.open("wb") as f:
     f.write(data)
     f.flush()
-    os.fsync(f.fileno())
+    if hasattr(f, "fileno"):  # A local file: on disk before the rename publishes it.
+      os.fsync(f.fileno())
 
 
-def _publish_dir(out_dir: pathlib.Path, files: dict[str, bytes]) -> None:
+def _publish_dir(out_dir: epath.Path, files: dict[str, bytes]) -> None:
   """Writes `files` into a sibling temporary directory, then renames it to `out_dir`.
 
   A reader sees the old adapter, no adapter, or the new one; never a mix of the two files.
-  An existing `out_dir` is replaced only if it holds nothing but adapter files.
+  An existing `out_dir` is replaced only if it holds nothing but adapter files. (Local and
+  any `etils.epath` filesystem; on object stores the renames are copies.)
   """
   if out_dir.exists():
     if not out_dir.is_dir():
       raise FileExistsError(f"{out_dir} exists and is not a directory.")
-    foreign = sorted(set(os.listdir(out_dir)) - _ADAPTER_FILES)
+    foreign = sorted({p.name for p in out_dir.iterdir()} - _ADAPTER_FILES)
     if foreign:
       raise FileExistsError(f"{out_dir} exists and holds {foreign}, not only adapter files "
                             f"{sorted(_ADAPTER_FILES)}; refusing to replace it.")
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-  old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+  tmp = out_dir.parent / f".{out_dir.name}.tmp{os.getpid()}"
+  old = out_dir.parent / f".{out_dir.name}.old{os.getpid()}"
   for stale in (tmp, old):  # Left behind by a process that died here with our pid.
-    shutil.rmtree(stale, ignore_errors=True)
+    stale.rmtree(missing_ok=True)
   try:
     tmp.mkdir()
     for name, data in files.items():
       _write_file(tmp / name, data)
     if out_dir.exists():
-      os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
+      out_dir.rename(old)
+    tmp.rename(out_dir)
   except BaseException:
     if old.exists() and not out_dir.exists():
-      os.rename(old, out_dir)  # Put the previous adapter back.
+      old.rename(out_dir)  # Put the previous adapter back.
     raise
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  shutil.rmtree(old, ignore_errors=True)
+    tmp.rmtree(missing_ok=True)
+  old.rmtree(missing_ok=True)
 
 
 def export_peft_adapter(prompt: Any, out_dir: str | os.PathLike, *,
                         base_model_name_or_path: str | None = None,
-                        config: T5Config | None = None) -> pathlib.Path:
+                        config: T5Config | None = None) -> epath.Path:
   """Writes `prompt` as a PEFT prompt-tuning adapter for a T5 encoder-decoder.
 
   Load it with `peft.PeftModel.from_pretrained(hf_model, out_dir)` onto the HF PyTorch model of
@@ -182,7 +184,8 @@ def export_peft_adapter(prompt: Any, out_dir: str | os.PathLike, *,
                                       metadata={"format": "pt"}),
       CONFIG_NAME: (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode(),
   }
-  out = pathlib.Path(out_dir)
+  from prompt_jax.train import paths  # Local: the exporter is usable without the trainer.
+  out = paths.as_path(out_dir)
   _publish_dir(out, files)
   return out
 

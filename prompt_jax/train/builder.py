@@ -77,7 +77,7 @@ class TrainSetup:
     """A fresh TrainState on the mesh (a private copy: the step donates its buffers)."""
     init = lambda tr, rng: step_lib.init_train_state(tr, self.optimizer, rng)
     return jax.jit(init, out_shardings=self.state_sharding)(
-        jax.tree_util.tree_map(jnp.asarray, trainable), jax.random.PRNGKey(seed))
+        put_global(trainable, self.trainable_sharding), jax.random.PRNGKey(seed))
 
   def abstract_state(self, trainable: Any) -> step_lib.TrainState:
     """ShapeDtypeStructs (with shardings) of the TrainState, for restoring a checkpoint."""
@@ -88,12 +88,43 @@ class TrainSetup:
         self.state_sharding)
 
   def put_frozen(self, frozen: Any) -> Any:
-    return jax.device_put(frozen, self.frozen_sharding)
+    """Frozen params on their shardings (a no-op for params loaded onto them already)."""
+    return put_global(frozen, self.frozen_sharding)
 
   def put_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """A host batch (this process's rows) -> global arrays sharded over `data`."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
-            for k, v in batch.items()}
+    """The global host batch (the same in every process) -> arrays sharded over `data`.
+
+    Each process places only the rows its own devices hold, found from the sharding's index
+    map, so any layout is fed correctly: whole `data` rows per process, or a `model` axis
+    spanning processes (their devices then hold the same rows).
+    """
+    return {k: global_array(np.asarray(v), self.batch_sharding) for k, v in batch.items()}
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+  """Host values (the same in every process) or jax arrays -> arrays on `shardings`."""
+  def one(x, sharding):
+    if isinstance(x, jax.Array):
+      return x if x.sharding == sharding else jax.device_put(x, sharding)
+    return global_array(np.asarray(x), sharding)
+  return jax.tree_util.tree_map(one, tree, shardings)
+
+
+def global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host value every process holds whole (e.g. a global batch).
+
+  Raises:
+    ValueError: the leading axis does not split over the mesh axis it is sharded on.
+  """
+  value = np.asarray(value, jax.dtypes.canonicalize_dtype(value.dtype))  # As jnp.asarray.
+  spec = tuple(sharding.spec)
+  if spec and spec[0] is not None and value.ndim:
+    size = int(np.prod([sharding.mesh.shape[a] for a in np.atleast_1d(spec[0])]))
+    if value.shape[0] % size:
+      raise ValueError(f"A batch of {value.shape[0]} rows cannot be fed to a mesh whose "
+                       f"{spec[0]!r} axis has {size} devices: make BATCH_SIZE a multiple "
+                       f"of {size}.")
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def build(model: nn.Module | adapter_lib.ModelAdapter, groups: opt_lib.ParamGroups,

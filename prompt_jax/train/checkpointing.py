@@ -12,15 +12,15 @@ import io
 import json
 import logging
 import os
-import pathlib
-import shutil
 from typing import Any, Sequence
 
 import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from prompt_jax.train import paths
 from prompt_jax.train.step import TrainState
 
 
@@ -28,11 +28,13 @@ class Checkpointer:
   """Saves and restores `TrainState` + JSON metadata under `<model_dir>/checkpoints/`."""
 
   def __init__(self, model_dir: str | os.PathLike, *, keep: int = 3):
-    self.directory = pathlib.Path(model_dir).absolute() / "checkpoints"
+    root = paths.as_path(model_dir)
+    self.directory = (root.absolute() if paths.is_local(model_dir) else root) / "checkpoints"
     # A save killed mid-write leaves Orbax's temporary dir; the committed steps are intact.
-    if self.directory.is_dir():
+    # (Process 0 cleans up; Orbax itself saves from every process.)
+    if jax.process_index() == 0 and self.directory.is_dir():
       for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.rmtree(missing_ok=True)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -75,30 +77,31 @@ def _abstract(x: Any) -> Any:
   return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
 
-def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+def atomic_write_bytes(path: paths.PathLike, data: bytes) -> epath.Path:
   """Writes via a temporary file and rename, so readers never see a partial file."""
+  path = paths.as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
   tmp.write_bytes(data)
-  os.replace(tmp, path)
-
-
-def write_npy(path: pathlib.Path, array: np.ndarray) -> pathlib.Path:
-  """An array as float32 `.npy` (no pickle), written atomically."""
-  buf = io.BytesIO()
-  np.save(buf, np.asarray(array, np.float32), allow_pickle=False)
-  atomic_write_bytes(path, buf.getvalue())
+  tmp.replace(path)
   return path
 
 
+def write_npy(path: paths.PathLike, array: np.ndarray) -> epath.Path:
+  """An array as float32 `.npy` (no pickle), written atomically."""
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(array, np.float32), allow_pickle=False)
+  return atomic_write_bytes(path, buf.getvalue())
+
+
 def export_prompt_npy(prompt: np.ndarray, model_dir: str | os.PathLike,
-                      step: int | str) -> pathlib.Path:
+                      step: int | str) -> epath.Path:
   """Writes `<model_dir>/prompts/prompt_<step>.npy` ([P, D] float32, the reference format)."""
-  return write_npy(pathlib.Path(model_dir) / "prompts" / f"prompt_{step}.npy", prompt)
+  return write_npy(paths.as_path(model_dir) / "prompts" / f"prompt_{step}.npy", prompt)
 
 
 def export_run_prompts(model: Any, prompt_params: Any, model_dir: str | os.PathLike,
-                       step: int | str, *, task_names: Sequence[str] = ()) -> list[pathlib.Path]:
+                       step: int | str, *, task_names: Sequence[str] = ()) -> list[epath.Path]:
   """Exports the effective prompt of a run for `step` (an int, or "best").
 
   Writes `prompts/prompt_<step>.npy` ([P, D], or [T, P, D] for a per-task module), one
@@ -111,29 +114,28 @@ def export_run_prompts(model: Any, prompt_params: Any, model_dir: str | os.PathL
   prompt = effective.effective_prompt(model, prompt_params) if prompt_params else None
   if prompt is None:
     return []
-  paths = [export_prompt_npy(prompt, model_dir, step)]
+  root = paths.as_path(model_dir)
+  written = [export_prompt_npy(prompt, model_dir, step)]
   if prompt.ndim == 3:
     if len(task_names) != prompt.shape[0]:
       logging.warning("A per-task prompt of %d tasks but %d task names; per-task files "
                       "are not written.", prompt.shape[0], len(task_names))
     else:
       for name, row in zip(task_names, prompt):
-        paths.append(write_npy(pathlib.Path(model_dir) / "prompts" / name /
-                               f"prompt_{step}.npy", row))
+        written.append(write_npy(root / "prompts" / name / f"prompt_{step}.npy", row))
   for name, array in effective.effective_exports(model, prompt_params).items():
-    paths.append(write_npy(pathlib.Path(model_dir) / "prompts" / f"{name}_{step}.npy", array))
+    written.append(write_npy(root / "prompts" / f"{name}_{step}.npy", array))
   reason = effective.peft_unsupported_reason(model, prompt)
   if reason is None:
-    export.export_peft_adapter(prompt, pathlib.Path(model_dir) / "prompts" / f"peft_{step}",
-                               config=model.config)
+    export.export_peft_adapter(prompt, root / "prompts" / f"peft_{step}", config=model.config)
   elif reason not in _LOGGED_PEFT_REASONS:
     _LOGGED_PEFT_REASONS.add(reason)
     logging.info("No PEFT adapter is exported: %s", reason)
-  return paths
+  return written
 
 
 _LOGGED_PEFT_REASONS: set[str] = set()
 
 
-def write_json(path: pathlib.Path, obj: Any) -> None:
+def write_json(path: paths.PathLike, obj: Any) -> None:
   atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

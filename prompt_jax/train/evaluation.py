@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -33,6 +32,8 @@ import seqio
 from prompt_jax.train import adapter as adapter_lib
 from prompt_jax.train import checkpointing
 from prompt_jax.train import optimizer as opt_lib
+from prompt_jax.train import partitioning
+from prompt_jax.train import paths
 
 Example = Mapping[str, Any]
 ScoreFn = Callable[[np.ndarray, np.ndarray], Any]
@@ -218,15 +219,23 @@ def decode_targets(tokens: np.ndarray, vocabulary: seqio.Vocabulary) -> list[str
   return out
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_predict(adapter: adapter_lib.ModelAdapter, max_decode_length: int):
-  """One jitted decoder per (adapter, T): equal adapters share compiled executables."""
-  return jax.jit(functools.partial(adapter.predict, max_decode_length=max_decode_length))
+def _on_mesh(fn, mesh):
+  """Jitted; on a mesh, traced under its logical-axis rules with replicated outputs (every
+  process reads them whole). Inputs arrive placed (`Evaluator._put`)."""
+  if mesh is None:
+    return jax.jit(fn)
+  return jax.jit(partitioning.with_rules(fn, mesh), out_shardings=partitioning.replicated(mesh))
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_score(adapter: adapter_lib.ModelAdapter):
-  return jax.jit(adapter.score)
+def _jitted_predict(adapter: adapter_lib.ModelAdapter, max_decode_length: int, mesh=None):
+  """One jitted decoder per (adapter, T, mesh): equal adapters share compiled executables."""
+  return _on_mesh(functools.partial(adapter.predict, max_decode_length=max_decode_length), mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_score(adapter: adapter_lib.ModelAdapter, mesh=None):
+  return _on_mesh(adapter.score, mesh)
 
 
 class Evaluator:
@@ -235,15 +244,20 @@ class Evaluator:
   Built once (examples loaded, decoding and scoring jitted); called with the trainable
   subtree (any split of the parameters between it and `frozen` works: they are merged
   leaf by leaf). `task_ids` maps each task to the id its examples carry (default: its
-  index in `tasks`), for per-task prompt modules.
+  index in `tasks`), for per-task prompt modules. With a `mesh`, batches are split over
+  `data`, the trainable subtree is replicated and the frozen params keep the shardings they
+  were loaded with, as in training; every process of a multi-host run calls it alike, and
+  process 0 writes the inference files.
   """
 
   def __init__(self, model: Any, frozen: Any, tasks: Sequence[str], *, split: str,
                feature_lengths: Mapping[str, int], batch_size: int = 32,
                max_examples: int | None = None, mode: str = "generation",
                model_dir: str | None = None, task_ids: Mapping[str, int] | None = None,
-               examples: Mapping[str, Sequence[Example]] | None = None):
+               examples: Mapping[str, Sequence[Example]] | None = None,
+               mesh: jax.sharding.Mesh | None = None):
     check_mode(mode)
+    self.mesh = mesh
     self.adapter = adapter_lib.as_adapter(model)
     self.frozen, self.mode, self.model_dir = frozen, mode, model_dir
     self.batch_size = batch_size
@@ -253,14 +267,26 @@ class Evaluator:
     self.examples = ({t: list(examples[t]) for t in tasks} if examples is not None else
                      {t: load_examples(t, split, feature_lengths=self.lengths,
                                        max_examples=max_examples) for t in tasks})
-    self._decode = _jitted_predict(self.adapter, self.lengths["targets"])
-    self._score = _jitted_score(self.adapter)
+    self._decode = _jitted_predict(self.adapter, self.lengths["targets"], mesh)
+    self._score = _jitted_score(self.adapter, mesh)
 
   def params(self, trainable: Any) -> Any:
+    if self.mesh is not None:
+      from prompt_jax.train import builder  # Local: builder imports the step, not us.
+      repl = partitioning.replicated(self.mesh)
+      trainable = builder.put_global(trainable, jax.tree_util.tree_map(lambda _: repl,
+                                                                       trainable))
     return opt_lib.merge_params(self.frozen, trainable)
 
+  def _put(self, rows: np.ndarray) -> jax.Array:
+    """A host batch [B, ...] (the same in every process) as an array for the jitted fns."""
+    if self.mesh is None:
+      return jnp.asarray(rows)
+    from prompt_jax.train import builder
+    return builder.global_array(rows, partitioning.data_sharding(self.mesh))
+
   def _ids(self, task: str, n: int) -> jax.Array:
-    return jnp.full((n,), self.task_ids[task], jnp.int32)
+    return self._put(np.full((n,), self.task_ids[task], np.int32))
 
   def predict(self, trainable: Any, task: str) -> list[str]:
     """Greedy predictions (decoded strings) for the task's examples, in order."""
@@ -272,7 +298,7 @@ class Evaluator:
       chunk = [e["inputs"] for e in exs[i:i + self.batch_size]]
       n = len(chunk)
       chunk += [chunk[-1]] * (self.batch_size - n)  # One compiled shape.
-      tokens = self._decode(params, jnp.asarray(_pad(chunk, self.lengths["inputs"])),
+      tokens = self._decode(params, self._put(_pad(chunk, self.lengths["inputs"])),
                             task_ids=self._ids(task, self.batch_size))
       out.extend(decode_targets(np.asarray(tokens)[:n], vocab))
     return out
@@ -281,7 +307,7 @@ class Evaluator:
     """`(inputs, targets) -> [B]` log-likelihoods under this task's prompt."""
     params = self.params(trainable)
     return lambda inputs, targets: np.asarray(self._score(
-        params, jnp.asarray(inputs), jnp.asarray(targets),
+        params, self._put(np.asarray(inputs)), self._put(np.asarray(targets)),
         task_ids=self._ids(task, len(inputs))))
 
   def evaluate_task(self, trainable: Any, task: str) -> EvalResult:
@@ -297,14 +323,14 @@ class Evaluator:
     for task in self.examples:
       result = self.evaluate_task(trainable, task)
       metrics.update({f"{task}/{k}": float(v) for k, v in result.metrics.items()})
-      if self.model_dir is not None:
+      if self.model_dir is not None and jax.process_index() == 0:
         write_inference(self.model_dir, task, step, self.examples[task], result.predictions)
     return metrics
 
 
 def write_inference(model_dir: str, task: str, step: int | str, examples: Sequence[Example],
                     predictions: Sequence[str],
-                    extras: Sequence[Mapping[str, Any]] | None = None) -> pathlib.Path:
+                    extras: Sequence[Mapping[str, Any]] | None = None) -> paths.epath.Path:
   """`<model_dir>/inference/<task>-<step>.jsonl`: inputs, targets and predictions.
 
   `extras`: more fields per example (e.g. an ensemble's member predictions).
@@ -314,6 +340,5 @@ def write_inference(model_dir: str, task: str, step: int | str, examples: Sequen
                        "targets": _text(e.get("targets_pretokenized", "")),
                        "prediction": p, **x}, ensure_ascii=False)
            for e, p, x in zip(examples, predictions, extras)]
-  path = pathlib.Path(model_dir) / "inference" / f"{task}-{step}.jsonl"
-  checkpointing.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
-  return path
+  path = paths.as_path(model_dir) / "inference" / f"{task}-{step}.jsonl"
+  return checkpointing.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))

@@ -3,8 +3,10 @@
 `EncDecFeatureConverter(pack=False)` produces `encoder_input_tokens`, `decoder_input_tokens`,
 `decoder_target_tokens` and `decoder_loss_weights`; every example also carries `task_ids`, the
 index of its task in `task_names(name)` (a mixture's task names, sorted; 0 for a single
-task), so per-task prompt modules see which task each row of a mixed batch belongs to. Each
-process reads its own shard (`seqio.ShardInfo`) and yields its slice of every global batch.
+task), so per-task prompt modules see which task each row of a mixed batch belongs to. Every
+process runs the same deterministic pipeline and yields the whole *global* batch; the
+trainer places on each device only its rows (`builder.global_array`), so the data a step
+sees never depends on how many processes there are or how the mesh spans them.
 Resuming skips exactly the number of batches already consumed, so a restarted run sees the
 same batches in the same order.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 from typing import Iterator, Mapping
 
-import jax
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -59,21 +60,14 @@ def mixed_dataset(mixture_or_task_name: str, *, split: str,
     ds = seqio.get_dataset(
         task.name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split,
         shuffle=shuffle, num_epochs=None if repeat else 1, seed=seed,
-        shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
+        # One shard: every process reads the global stream (see the module docstring).
+        shard_info=seqio.ShardInfo(0, 1),
         feature_converter=seqio.EncDecFeatureConverter(pack=False), use_cached=False)
     datasets.append(_with_task_id(ds, task_id))
   if len(datasets) == 1:
     return datasets[0]
   rates = [float(provider.get_rate(task)) for _, task in members]
   return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed)
-
-
-def per_process_batch_size(global_batch_size: int) -> int:
-  n = jax.process_count()
-  if global_batch_size % n:
-    raise ValueError(f"BATCH_SIZE={global_batch_size} must be divisible by the number of "
-                     f"processes ({n}).")
-  return global_batch_size // n
 
 
 def seqio_batches(mixture_or_task_name: str, *, split: str,
@@ -86,7 +80,7 @@ def seqio_batches(mixture_or_task_name: str, *, split: str,
     mixture_or_task_name: a registered SeqIO task or mixture.
     split: dataset split ("train", "validation", ...).
     task_feature_lengths: {"inputs": L, "targets": T}.
-    batch_size: the *global* batch size; each process yields its share.
+    batch_size: the *global* batch size (every process yields whole global batches).
     seed: shuffle seed (deterministic order).
     shuffle / repeat: training uses both; evaluation neither.
     start: number of batches already consumed (resume position).
@@ -95,7 +89,7 @@ def seqio_batches(mixture_or_task_name: str, *, split: str,
   ds = mixed_dataset(mixture_or_task_name, split=split,
                      task_feature_lengths=task_feature_lengths, seed=seed, shuffle=shuffle,
                      repeat=repeat)
-  ds = ds.batch(per_process_batch_size(batch_size), drop_remainder=drop_remainder)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if start:
     ds = ds.skip(start)
   for batch in ds.as_numpy_iterator():

@@ -7,8 +7,10 @@ replicating it keeps the prompt's gradient an all-reduce over `data` only.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,26 +40,56 @@ def logical_axis_rules() -> tuple[tuple[str, str | None], ...]:
 
 
 def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, model) mesh: model-parallel size `num_partitions`, data-parallel the rest."""
+  """A (data, model) mesh: model-parallel size `num_partitions`, data-parallel the rest.
+
+  On a platform with a physical topology (TPU, GPU) the device grid comes from
+  `jax.experimental.mesh_utils.create_device_mesh`, so the `model` axis runs over
+  neighbouring chips; elsewhere (CPU, emulated devices) devices keep their id order.
+  """
   devices = list(devices if devices is not None else jax.devices())
   if num_partitions < 1 or len(devices) % num_partitions:
     raise ValueError(f"NUM_PARTITIONS={num_partitions} must divide the device count "
                      f"{len(devices)} (data-parallel size = devices / NUM_PARTITIONS).")
-  grid = np.asarray(devices, dtype=object).reshape(len(devices) // num_partitions,
-                                                   num_partitions)
+  shape = (len(devices) // num_partitions, num_partitions)
+  grid = None
+  if devices[0].platform in ("tpu", "gpu") and len(devices) > 1:
+    from jax.experimental import mesh_utils  # Local: only accelerators have a topology.
+    try:
+      grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError) as e:
+      logging.warning("No topology-aware %s mesh for these devices (%s); using id order.",
+                      shape, e)
+  if grid is None:
+    grid = np.asarray(devices, dtype=object).reshape(shape)
   return Mesh(grid, MESH_AXES)
 
 
 def maybe_initialize_distributed() -> None:
-  """Calls `jax.distributed.initialize()` when launched as one process of several."""
-  import os  # Local: only the multi-process launch path needs the environment.
-  markers = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
-             "OMPI_COMM_WORLD_SIZE")
-  if any(os.environ.get(m) for m in markers) and jax.process_count() == 1:
-    try:
-      jax.distributed.initialize()
-    except RuntimeError as e:  # Already initialised by the launcher.
-      logging.info("jax.distributed.initialize skipped: %s", e)
+  """Joins a multi-host job if this process is one (see `multihost.initialize`)."""
+  from prompt_jax.train import multihost
+  multihost.initialize()
+
+
+@contextlib.contextmanager
+def rules_context(mesh: Mesh, rules: Rules | None = None) -> Iterator[None]:
+  """The mesh and the logical-axis rules, so `nn.with_logical_constraint` takes effect."""
+  rules = tuple(rules if rules is not None else logical_axis_rules())
+  # Flax's constraints read the abstract mesh (`with mesh:` does not set it); this works
+  # inside a traced function, where `jax.set_mesh` is refused.
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def with_rules(fn: Callable[..., Any], mesh: Mesh, rules: Rules | None = None
+               ) -> Callable[..., Any]:
+  """`fn` traced inside `rules_context` (wrap a function before `jax.jit`)."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with rules_context(mesh, rules):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, name: str) -> PartitionSpec:

@@ -16,9 +16,11 @@ import dataclasses
 import errno
 import fcntl
 import json
+import logging
 import os
-import pathlib
 from typing import Any, Mapping
+
+from prompt_jax.train import paths
 
 IDENTITY_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -32,11 +34,18 @@ class RunDirLock:
   """Exclusive, non-blocking ownership of a model dir (a context manager)."""
 
   def __init__(self, model_dir: str | os.PathLike):
-    self.path = pathlib.Path(model_dir) / LOCK_FILE
+    self.path = paths.as_path(model_dir) / LOCK_FILE
     self._fd: int | None = None
 
   def __enter__(self) -> "RunDirLock":
+    import jax  # Local: the lock itself needs no JAX; only "which process am I".
+    if jax.process_index() != 0:
+      return self  # One job, one owner: process 0 holds the lock for all its processes.
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    if not paths.is_local(str(self.path)):
+      logging.info("No lock on the remote model dir %s (flock needs a local path).",
+                   self.path.parent)
+      return self
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -89,7 +98,8 @@ def check_identity(model_dir: str | os.PathLike, identity: Mapping[str, Any], *,
   Raises:
     RunDirError: naming every setting that differs from the recorded run.
   """
-  path = pathlib.Path(model_dir) / IDENTITY_FILE
+  import jax
+  path = paths.as_path(model_dir) / IDENTITY_FILE
   current = json.loads(json.dumps(identity, sort_keys=True))
   if resuming and path.exists():
     recorded = _flatten(json.loads(path.read_text()))
@@ -102,10 +112,12 @@ def check_identity(model_dir: str | os.PathLike, identity: Mapping[str, Any], *,
           f"{model_dir} holds a checkpoint of a different run ({lines}). Resuming would mix "
           "the two. Use a new MODEL_DIR for the new settings, or restore them to resume; "
           "train steps, periods, learning rates and the mesh may change on a resume.")
+  if jax.process_index() != 0:
+    return  # Every process checks; process 0 writes.
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{IDENTITY_FILE}.tmp")
+  tmp = path.parent / f".{IDENTITY_FILE}.tmp"
   tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -125,7 +137,7 @@ def _short(value: Any, limit: int = 160) -> str:
 
 def refuse_training_dir(model_dir: str | os.PathLike, command: str) -> None:
   """Eval / infer never write into a training run's dir (its config and metrics)."""
-  path = pathlib.Path(model_dir)
+  path = paths.as_path(model_dir)
   if (path / "checkpoints").exists() or (path / IDENTITY_FILE).exists():
     raise RunDirError(
         f"MODEL_DIR {path} is a training run's dir; `prompt-jax {command}` would add to its "

@@ -94,6 +94,8 @@ def make_train_step(model: nn.Module | adapter_lib.ModelAdapter,
   fn = functools.partial(train_step, adapter=adapter_lib.as_adapter(model), optimizer=optimizer,
                          enable_dropout=enable_dropout)
   repl = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  # Traced under the logical-axis rules, so the model's activation constraints apply.
+  fn = partitioning.with_rules(fn, batch_sharding.mesh)
   return jax.jit(fn, in_shardings=(state_sharding, frozen_sharding, batch_sharding),
                  out_shardings=(state_sharding, repl), donate_argnames=("state",))
 
@@ -102,5 +104,6 @@ def make_eval_step(model: nn.Module | adapter_lib.ModelAdapter, *, param_shardin
                    frozen_sharding: Any, batch_sharding: NamedSharding):
   fn = functools.partial(eval_step, adapter=adapter_lib.as_adapter(model))
   repl = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+  fn = partitioning.with_rules(fn, batch_sharding.mesh)
   return jax.jit(fn, in_shardings=(param_sharding, frozen_sharding, batch_sharding),
                  out_shardings=repl)

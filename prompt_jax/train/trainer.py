@@ -18,20 +18,20 @@ import dataclasses
 import json
 import logging
 import math
-import pathlib
 import signal
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from prompt_jax.train import adapter as adapter_lib
 from prompt_jax.train import builder
 from prompt_jax.train import checkpointing
+from prompt_jax.train import multihost
 from prompt_jax.train import optimizer as opt_lib
+from prompt_jax.train import paths
 from prompt_jax.train.metrics_writer import MetricsWriter
 
 Batch = Mapping[str, np.ndarray]
@@ -91,16 +91,17 @@ class _Run:
   """The mutable pieces of one training run (built by `train`)."""
 
   def __init__(self, adapter: adapter_lib.ModelAdapter, frozen, init_trainable,
-               groups: opt_lib.ParamGroups, cfg: TrainerConfig):
+               groups: opt_lib.ParamGroups, cfg: TrainerConfig, mesh=None):
     builder.maybe_initialize_distributed()
     self.cfg, self.adapter = cfg, adapter
-    self.setup = builder.build(adapter, groups, builder.make_mesh(cfg.num_partitions),
-                               enable_dropout=cfg.enable_dropout)
+    mesh = mesh if mesh is not None else builder.make_mesh(cfg.num_partitions)
+    multihost.log_topology(mesh)
+    self.setup = builder.build(adapter, groups, mesh, enable_dropout=cfg.enable_dropout)
     self.setup.check_trainable(init_trainable)
     opt_lib.log_param_counts(init_trainable, frozen)
     self.frozen = self.setup.put_frozen(frozen)
     # Export needs only the frozen part of the prompt subtree (if any), never the model.
-    self.frozen_prompt = jax.device_get({k: v for k, v in frozen.items() if k == "prompt"})
+    self.frozen_prompt = multihost.to_host({k: v for k, v in frozen.items() if k == "prompt"})
     self.checkpointer = checkpointing.Checkpointer(cfg.model_dir, keep=cfg.keep_checkpoints)
     latest = self.checkpointer.latest_step()
     if latest is None:
@@ -112,19 +113,25 @@ class _Run:
       logging.info("Resumed from checkpoint %d (%d batches consumed).", latest,
                    self.meta["batches_consumed"])
       # Checkpoint and export are one unit: a kill between the two is repaired here.
-      if not (pathlib.Path(cfg.model_dir) / "prompts" / f"prompt_{latest}.npy").exists():
+      if not (paths.as_path(cfg.model_dir) / "prompts" / f"prompt_{latest}.npy").exists():
         self.export(latest)
     self.batch_sh = self.setup.batch_sharding
     self.step_fn = self.setup.step_fn
     # Host-side step counter: reading `state.step` would block on the step just dispatched.
-    self.step = int(jax.device_get(self.state.step))
+    self.step = int(multihost.to_host(self.state.step))
 
   def host_trainable(self) -> Any:
-    return jax.device_get(self.state.params)
+    """The trainable subtree as numpy in every process (gathered across processes)."""
+    return multihost.to_host(self.state.params)
 
   def export(self, step: int | str) -> None:
-    """Writes the effective prompt of the current state (and its PEFT adapter) for `step`."""
+    """Writes the effective prompt of the current state (and its PEFT adapter) for `step`.
+
+    Every process gathers (a collective); process 0 alone writes.
+    """
     trainable = {k: v for k, v in self.host_trainable().items() if k == "prompt"}
+    if not multihost.is_primary():
+      return
     checkpointing.export_run_prompts(self.adapter.module,
                               opt_lib.merge_params(trainable, self.frozen_prompt),
                               self.cfg.model_dir, step, task_names=self.cfg.task_names)
@@ -193,7 +200,7 @@ def train(model: nn.Module | adapter_lib.ModelAdapter, frozen: Any, init_trainab
           groups: opt_lib.ParamGroups | None = None, rules: opt_lib.Rules | None = None,
           opt_config: opt_lib.OptimizerConfig | Mapping[str, opt_lib.OptimizerConfig] | None
           = None, batches: BatchFactory, cfg: TrainerConfig,
-          evaluator: Evaluator | None = None) -> TrainResult:
+          evaluator: Evaluator | None = None, mesh: Any = None) -> TrainResult:
   """Trains (or resumes) to `cfg.train_steps`. See the module docstring.
 
   Args:
@@ -205,14 +212,17 @@ def train(model: nn.Module | adapter_lib.ModelAdapter, frozen: Any, init_trainab
     batches: `start -> iterator` of host batches (see `prompt_jax.train.inputs`).
     cfg: loop settings.
     evaluator: `(trainable subtree on host, step) -> metrics`, run every eval period.
+    mesh: the ('data', 'model') mesh (default: `make_mesh(cfg.num_partitions)`); pass the
+      one the frozen params were loaded onto.
   """
   if groups is None:
     if rules is None:
       raise ValueError("train() needs `groups`, or `rules` with `opt_config`.")
     groups = opt_lib.as_param_groups(rules, opt_config or opt_lib.OptimizerConfig())
-  run = _Run(adapter_lib.as_adapter(model), frozen, init_trainable, groups, cfg)
+  run = _Run(adapter_lib.as_adapter(model), frozen, init_trainable, groups, cfg, mesh)
   # Lines logged after the checkpoint being resumed are logged again: drop the old ones.
-  writer = MetricsWriter(cfg.model_dir, drop_after_step=run.step)
+  writer = MetricsWriter(cfg.model_dir, drop_after_step=run.step,
+                         enabled=multihost.is_primary())
   data = batches(run.meta["batches_consumed"])
   with _stop_signals() as received:
     return _loop(run, writer, data, cfg, evaluator, received)
@@ -275,7 +285,7 @@ def _close(bar, writer: MetricsWriter, run: _Run) -> None:
 
 
 def _read_best(cfg: TrainerConfig) -> dict[str, Any] | None:
-  path = pathlib.Path(cfg.model_dir) / "best.json"
+  path = paths.as_path(cfg.model_dir) / "best.json"
   return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -287,6 +297,7 @@ def _update_best(cfg: TrainerConfig, best, step: int, metrics: Mapping[str, floa
   if not math.isfinite(value) or (best is not None and value <= best["value"]):
     return best  # A NaN score (e.g. a correlation of constant predictions) is never best.
   best = {"step": step, "metric": cfg.best_metric, "value": value}
-  checkpointing.write_json(pathlib.Path(cfg.model_dir) / "best.json", best)
+  if multihost.is_primary():
+    checkpointing.write_json(paths.as_path(cfg.model_dir) / "best.json", best)
   run.export("best")
   return best
