@@ -9,6 +9,7 @@
     trainer.TrainerConfig                                    loop settings the run files do
                                                              not set (health bounds, logging)
     xlingual.Study, xlingual.GymStudy                        cross-lingual tables (studies/)
+    sweep.Table, sweep.GymBackbone                           ablation tables (`prompt-jax sweep`)
 
 A method of your own registers its module the same way in your own Python module, e.g.
 `gin.external_configurable(MyPrompt, module="my")`, and your gin file imports it with an
@@ -20,7 +21,7 @@ from __future__ import annotations
 import gin
 
 from prompt_jax.prompts import ept, initializers, lester, reparam
-from prompt_jax.studies import crosslingual, gym_scripts
+from prompt_jax.studies import crosslingual, gym_scripts, sweep
 from prompt_jax.train import optimizer
 from prompt_jax.train import trainer
 
@@ -50,3 +51,7 @@ TrainerConfig = gin.external_configurable(trainer.TrainerConfig, module="trainer
 # A cross-lingual table (`prompt-jax xlingual`, gin/xlingual/*.gin) and the gym's backbone.
 Study = gin.external_configurable(crosslingual.Study, module="xlingual")
 GymStudy = gin.external_configurable(gym_scripts.GymStudy, module="xlingual")
+
+# An ablation table (`prompt-jax sweep`, gin/tables/*.gin) and the gym's backbones by size.
+Table = gin.external_configurable(sweep.Table, module="sweep")
+GymBackbone = gin.external_configurable(sweep.GymBackbone, module="sweep")
