@@ -30,7 +30,9 @@ Entries (in `base`, the axes and the evals): a string ending in `.gin` is a gin 
 other string is a binding 'NAME = value', and a mapping {NAME: value} gives bindings whose
 values are Python values (so gin macros can fill them, e.g. a checkpoint path); a value may be
 a `GymBackbone` (the skill gym's cached backbone, built by the driver before the runs: its
-path). Later entries override earlier ones: base, then the axes in order, then the driver's
+path), and a mapping {"by_axis": AXIS, <value label>: value, ...} stands for the value
+under the cell's label on AXIS (a size axis whose checkpoint depends on the pretraining
+axis). Later entries override earlier ones: base, then the axes in order, then the driver's
 MODEL_DIR and `train.seed`.
 """
 
@@ -169,7 +171,9 @@ def render_value(value: Any) -> str:
   if isinstance(value, Mapping):
     return "{" + ", ".join(f"{render_value(k)}: {render_value(v)}"
                            for k, v in value.items()) + "}"
-  if value is None or isinstance(value, (str, bool, int, float)):
+  if isinstance(value, str):
+    return json.dumps(value)  # Double quotes: gin reads them, and shells quote them cleanly.
+  if value is None or isinstance(value, (bool, int, float)):
     return repr(value)
   raise SweepError(f"Cannot write {value!r} ({type(value).__name__}) as a gin value in a "
                    "table entry; use a string, number, list, dict or GymBackbone.")
@@ -188,13 +192,39 @@ def entry_flags(entry: Any, where: str) -> list[str]:
     return [f"--gin.{name.strip()}={value.strip()}"]
   if isinstance(entry, Mapping):
     return [f"--gin.{k}={render_value(v)}" for k, v in entry.items()]
+  if isinstance(entry, (list, tuple)):  # A shared list of entries (a gin macro) inside a list.
+    return [flag for e in entry for flag in entry_flags(e, where)]
   raise SweepError(f"{where}: entry {entry!r} must be a string (gin file or 'NAME = value') "
                    "or a mapping {NAME: value}.")
 
 
-def _flags(entries: Sequence[Any], where: str) -> list[str]:
+def for_cell(value: Any, cell: Mapping[str, str], where: str) -> Any:
+  """Resolves every {"by_axis": AXIS, <value label>: x, ...} in `value` for one cell.
+
+  Such a mapping stands for the x of the cell's value on AXIS, e.g. the checkpoint of a
+  size axis that depends on the pretraining axis.
+  """
+  if isinstance(value, Mapping) and "by_axis" in value:
+    axis = value["by_axis"]
+    if axis not in cell:
+      raise SweepError(f"{where}: by_axis names {axis!r}, not an axis of the table.")
+    if cell[axis] not in value:
+      raise SweepError(f"{where}: by_axis {axis!r} has no entry for its value "
+                       f"{cell[axis]!r} (it has {[k for k in value if k != 'by_axis']}).")
+    return for_cell(value[cell[axis]], cell, where)
+  if isinstance(value, Mapping):
+    return {k: for_cell(v, cell, where) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [for_cell(v, cell, where) for v in value]
+  return value
+
+
+def _flags(entries: Sequence[Any], where: str, cell: Mapping[str, str] | None = None
+           ) -> list[str]:
   if isinstance(entries, (str, Mapping)):
     entries = [entries]
+  if cell is not None:
+    entries = for_cell(list(entries), cell, where)
   return [flag for e in entries for flag in entry_flags(e, where)]
 
 
@@ -232,29 +262,31 @@ def cells(table: Table) -> list[Cell]:
   """Every cell of the grid, axes in order (the last varies fastest), then seeds."""
   validate(table)
   root = pathlib.Path(table.table_dir)
-  base = _flags(table.base, "sweep.Table.base")
-  eval_base = _flags(table.eval_base, "sweep.Table.eval_base")
   axes = list(table.axes.items())
   out = []
   for combo in itertools.product(*(list(values.items()) for _, values in axes)):
+    values = tuple((axis, label) for (axis, _), (label, _) in zip(axes, combo))
+    here = dict(values)
+    base = _flags(table.base, "sweep.Table.base", here)
+    eval_base = _flags(table.eval_base, "sweep.Table.eval_base", here)
     axis_flags, shared = [], []
     for (axis, _), (label, entries) in zip(axes, combo):
-      flags = _flags(entries, f"axis {axis!r} value {label!r}")
+      flags = _flags(entries, f"axis {axis!r} value {label!r}", here)
       axis_flags += flags
       if axis in table.shared_axes:
         shared += flags
-    values = tuple((axis, label) for (axis, _), (label, _) in zip(axes, combo))
     for seed in table.seeds:
       model_dir = root.joinpath(*(f"{slug(a)}={slug(v)}" for a, v in values), f"seed{seed}")
-      train = ("train", *base, *axis_flags, f"--gin.MODEL_DIR={str(model_dir)!r}",
+      train = ("train", *base, *axis_flags, f"--gin.MODEL_DIR={render_value(model_dir)}",
                f"--gin.train.seed={seed}")
       evals = []
       for label, spec in table.evals.items():
         eval_dir = model_dir / "eval" / slug(label)
         prompt = model_dir / "prompts" / "prompt_best.npy"
         argv = ("eval", *eval_base, *shared,
-                *_flags(spec["entries"], f"sweep.Table.evals[{label!r}]"),
-                f"--gin.MODEL_DIR={str(eval_dir)!r}", f"--gin.PROMPT_FILE={str(prompt)!r}")
+                *_flags(spec["entries"], f"sweep.Table.evals[{label!r}]", here),
+                f"--gin.MODEL_DIR={render_value(eval_dir)}",
+                f"--gin.PROMPT_FILE={render_value(prompt)}")
         evals.append((label, eval_dir, argv))
       out.append(Cell(values, seed, model_dir, train, tuple(evals)))
   return out

@@ -77,7 +77,7 @@ def test_print_commands_lists_exactly_the_cells(table_file, tmp_path, capsys):
   lines = capsys.readouterr().out.strip().splitlines()
   grid = sweep.cells(_table(table_file, tmp_path / "t"))
   assert [shlex.split(line) for line in lines] == [["prompt-jax", *c.train] for c in grid]
-  dirs = {pathlib.Path(a.split("=", 1)[1].strip("'")) for line in lines
+  dirs = {pathlib.Path(a.split("=", 1)[1].strip("\"")) for line in lines
           for a in shlex.split(line) if a.startswith("--gin.MODEL_DIR=")}
   assert dirs == {tmp_path / "t" / f"init={i}" / f"steps={n}" / "seed0"
                   for i in ("sampled_vocab", "random_uniform") for n in ("2", "3")}
