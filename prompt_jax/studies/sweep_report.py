@@ -85,7 +85,7 @@ def markdown(table: Any, summaries: Sequence[Summary]) -> str:
     by = {(s.setting, s.x): s for s in mine}
     avg = f", mean over {' x '.join(table.average_over)}" if table.average_over else ""
     out += [f"**{metric}** (mean ± std over seeds (n){avg})", "",
-            f"| setting | " + " | ".join(f"{x_axis}={x}" for x in xs) + " |",
+            "| setting | " + " | ".join(f"{x_axis}={x}" for x in xs) + " |",
             "| --- |" + " --- |" * len(xs)]
     for setting in settings:
       entries = [f"{by[(setting, x)].mean:.2f} ± {by[(setting, x)].std:.2f} "
@@ -106,7 +106,7 @@ def plot(table: Any, summaries: Sequence[Summary], path: pathlib.Path) -> None:
       table.metrics()[0]]
   cols = min(3, len(metrics))
   rows = -(-len(metrics) // cols)
-  fig = Figure(figsize=(4.6 * cols, 3.6 * rows))
+  fig = Figure(figsize=(max(6.4, 4.6 * cols), 3.6 * rows + 0.4))
   FigureCanvasAgg(fig)
   axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
   for ax, metric in zip(axes, metrics):
@@ -119,7 +119,9 @@ def plot(table: Any, summaries: Sequence[Summary], path: pathlib.Path) -> None:
                   yerr=[s.std for _, s in pts], marker="o", capsize=3,
                   label=by[next(iter(by))].setting_name())
     ax.set_xticks(range(len(xs)), xs)
-    ax.set(xlabel=x_axis, ylabel=metric, title=metric)
+    ylabel = ("best validation metric" if metric == table.metrics()[0]
+              else f"{metric} (zero-shot)")
+    ax.set(xlabel=x_axis, ylabel=ylabel, title=metric)
     if settings:
       ax.legend(fontsize="small")
   for ax in axes[len(metrics):]:
