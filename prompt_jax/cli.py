@@ -10,6 +10,7 @@
   prompt-jax demo    [...]
   prompt-jax transferability --checkpoint=... --source_prompts=... --target_task=... ...
   prompt-jax plan    --gin_file=... [--devices=N | --topology=v4-64] [--device_memory=16GiB]
+  prompt-jax sweep   --gin_file=tables/<name>.gin [--print_commands]   (ablation tables)
 
 Gin files are looked up in the working directory, in `--gin_search_paths`, and in the gin
 files shipped inside the package (`prompt_jax/gin`), so `--gin_file=runs/prompt_finetune.gin`
@@ -270,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   # CUDA and CPU features are noise here). Lines TF prints before its logging is set up still
   # appear; real failures still raise. `TF_CPP_MIN_LOG_LEVEL=0` shows everything again.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  if argv and argv[0] in ("bench", "demo", "xlingual", "transferability", "plan"):  # Own flags.
+  if argv and argv[0] in ("bench", "demo", "xlingual", "transferability", "plan",
+                          "sweep"):  # They own their flags.
     import importlib
     return importlib.import_module(f"prompt_jax.{argv[0]}").main(argv[1:]) or 0
   try:

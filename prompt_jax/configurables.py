@@ -13,6 +13,7 @@
     trainer.TrainerConfig                                    loop settings the run files do
                                                              not set (health bounds, logging)
     xlingual.Study, xlingual.GymStudy                        cross-lingual tables (studies/)
+    sweep.Table, sweep.GymBackbone                           ablation tables (`prompt-jax sweep`)
 
 A method of your own registers its module the same way in your own Python module, e.g.
 `gin.external_configurable(MyPrompt, module="my")`, and your gin file imports it with an
@@ -24,7 +25,7 @@ from __future__ import annotations
 import gin
 
 from prompt_jax.prompts import ept, initializers, lester, panda, reparam
-from prompt_jax.studies import crosslingual, gym_scripts
+from prompt_jax.studies import crosslingual, gym_scripts, sweep
 from prompt_jax.train import optimizer
 from prompt_jax.train import trainer
 
@@ -73,3 +74,7 @@ FromISTRun = gin.external_configurable(_ipt.FromISTRun, module="initializers")
 msf_param_groups = gin.external_configurable(_ipt.msf_param_groups, module="ipt")
 ist_param_groups = gin.external_configurable(_ipt.ist_param_groups, module="ipt")
 pt_param_groups = gin.external_configurable(_ipt.pt_param_groups, module="ipt")
+
+# An ablation table (`prompt-jax sweep`, gin/tables/*.gin) and the gym's backbones by size.
+Table = gin.external_configurable(sweep.Table, module="sweep")
+GymBackbone = gin.external_configurable(sweep.GymBackbone, module="sweep")

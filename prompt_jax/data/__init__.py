@@ -15,13 +15,15 @@ Naming scheme
   other seeds via `suites.register_dept_suite(seed)` -> `..._seed<s>`.
 * `xnli_<lang>`, `xnli_mnli_train`; `sib200_<lang>`, `sib200_<lang>_k<k>_seed<s>`
   (`xlingual.register_sib200(dir)` or $PROMPT_JAX_SIB200_DIR).
+* `super_glue_<task>_noprefix_sentinel`: targets prefixed with `<extra_id_0>` (the
+  "span corruption + sentinel" form; `sentinel`).
 * `squad`, `mrqa_<domain>` (and `..._noprefix`); `transfer_mrpc_as_qqp`, `transfer_qqp_as_mrpc`.
 * Vocabulary: English tasks default to the T5 SentencePiece vocabulary, XNLI / SIB-200 to
   mT5's. Any task or mixture exists in every vocabulary by adding `_t5`, `_mt5` or `_byte`
   to a name whose default differs (`glue_rte_byte`, `xnli_de_t5`); `get_mixture_or_task`
   registers such a variant on first use. Paths: `vocab.set_vocabulary_path`.
 
-Mixtures: `glue[_noprefix]`, `super_glue_8[_noprefix]`, `dept13[_noprefix]`, `xnli_eval`,
+Mixtures: `glue[_noprefix]`, `super_glue_8[_noprefix]`, `super_glue_8_noprefix_sentinel`, `dept13[_noprefix]`, `xnli_eval`,
 `xnli_zeroshot`, `sib200_eval`, `mrqa_ood`, `mrqa_transfer`, `transfer_qqp_to_mrpc`,
 `transfer_mrpc_to_qqp`. Evaluation-only members have no train split, so a mixture trains on
 its training task and evaluates on all of them.
@@ -31,7 +33,7 @@ raises `DataNotPreparedError` at once, naming the dataset and the command
 `prompt-jax prepare <name> --tfds_data_dir=<dir>` (see `registry`).
 """
 
-from prompt_jax.data import glue, superglue, suites, transfer, xlingual
+from prompt_jax.data import glue, sentinel, superglue, suites, transfer, xlingual
 from prompt_jax.data.registry import (DataNotPreparedError, check_prepared,
                                       ensure_registered, format_task_list,
                                       get_dataset, get_mixture_or_task, list_tasks, prepare,
@@ -45,6 +47,7 @@ def register_all() -> None:
   glue.register_glue()
   superglue.register_super_glue()
   suites.register_super_glue_8()
+  sentinel.register_sentinel_super_glue()
   suites.register_dept_suite()
   xlingual.register_xnli()
   transfer.register_transfer()
