@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
+# Test workers (pytest-xdist); each takes whole test files, so module fixtures build once.
+TEST_WORKERS ?= 2
 
 .PHONY: test demo bench install clean
 
@@ -15,7 +17,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 demo: $(STAMP)
 	$(PY) -m prompt_jax demo

@@ -37,6 +37,7 @@ setuptools.setup(
         "msgpack",
         "safetensors",  # HF checkpoints (load_pretrained); sliced reads for sharded loads.
         "ml_dtypes",  # bfloat16 for numpy (checkpoint arrays); already a jax dependency.
+        "etils[epath]",  # model dirs anywhere (local, gs://, file://): train/paths.py
         "tqdm",
         "scipy",
         "scikit-learn",
@@ -47,6 +48,7 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest",
+            "pytest-xdist",  # `make test` runs the suite on two workers (one test file each).
             # Exact pin: the CPU wheel on these machines; a looser spec pulls a CUDA build.
             "torch==2.13.0",
             "transformers",
