@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from prompt_jax import bench
@@ -29,7 +30,11 @@ def test_tiny_bench_prints_one_json_object(capsys):
   assert len(out) == 1  # One JSON object; logs went to stderr.
   result = json.loads(out[0])
   assert set(result) == {"matmul_peak_flops", "prompt_tuning", "model_tuning",
-                         "peft_prompt_tuning", "speedup_vs_peft"}
+                         "peft_prompt_tuning", "speedup_vs_peft", "peak"}
+  peak = result["peak"]  # The robust peak is the one the fractions use, PyTorch's beside it.
+  assert result["matmul_peak_flops"] == peak["jax_matmul_flops"] == max(
+      peak["jax_per_shape_flops"])
+  assert peak["torch_matmul_flops"] > 0 and len(peak["shapes"]) == 4
   for key in ("matmul_peak_flops", "speedup_vs_peft"):
     assert isinstance(result[key], float) and result[key] > 0
   for mode in ("prompt_tuning", "model_tuning"):
@@ -68,3 +73,42 @@ def test_tiny_config_keeps_explicit_flags():
   assert (cfg.batch_size, cfg.prompt_length, cfg.input_length) == (
       3, 5, bench.TINY_SHAPES["input_length"])
   assert bench.config_from_args(bench._parser().parse_args([]), []) == bench.BenchConfig()
+
+
+def test_tiny_bench_eval_bucketing_and_dropout_0_sections(capsys):
+  pytest.importorskip("peft")
+  args = ["--tiny", "--steps", "1", "--warmup", "0", "--dropout_rate", "0.1", "--in_process",
+          "--peer", "peft", "--eval", "--bucketing", "--max_length", "32",
+          "--bucket_batches", "2"]
+  assert bench.main(args) == 0
+  result = json.loads(capsys.readouterr().out.strip())
+  assert {"matmul_peak_flops", "prompt_tuning", "speedup_vs_peft"} <= set(result)
+  for kind in ("rank_classification", "greedy_decode"):
+    figures = result["eval"][kind]
+    _positive_floats(figures, {"examples_per_s", "hf_examples_per_s", "speedup_vs_hf"})
+    assert math.isclose(figures["speedup_vs_hf"],
+                        figures["examples_per_s"] / figures["hf_examples_per_s"])
+  buckets = result["bucketing"]
+  assert (buckets["length_dist"], buckets["max_length"]) == ("sst2", 32)
+  _positive_floats({k: v for k, v in buckets.items() if k not in ("length_dist", "max_length")},
+                   {"examples_per_s", "fixed_padding_examples_per_s", "peft_examples_per_s",
+                    "speedup_vs_fixed_padding", "speedup_vs_peft"})
+  d0 = result["dropout_0"]
+  assert set(d0) == {"prompt_tuning", "peft_prompt_tuning", "speedup_vs_peft"}
+  assert math.isclose(d0["speedup_vs_peft"], d0["prompt_tuning"]["steps_per_s"]
+                      / d0["peft_prompt_tuning"]["steps_per_s"])
+
+
+def test_length_batches_follow_the_distribution_and_buckets_cut_only_padding():
+  from prompt_jax import bench_cases
+  from prompt_jax.train import inputs
+  cfg = bench.BenchConfig(batch_size=4, max_length=512, bucket_batches=3, target_length=8)
+  batches = bench_cases.length_batches(cfg, 100)
+  assert len(batches) == 3 and batches[0]["encoder_input_tokens"].shape == (4, 512)
+  lengths = np.concatenate([(b["encoder_input_tokens"] > 0).sum(1) for b in batches])
+  assert 8 <= np.median(lengths) <= 64 and lengths.max() <= 512  # SST-2-like: short.
+  for b in batches:
+    cut = inputs.bucket_batch(b, inputs.LengthBuckets())
+    n = cut["encoder_input_tokens"].shape[1]
+    assert n in (16, 32, 64, 128, 256, 512) and n < 512
+    assert (b["encoder_input_tokens"][:, n:] == 0).all()
