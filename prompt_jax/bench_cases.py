@@ -111,7 +111,7 @@ class JaxEvalRunner:
       self.args = (self.params, self.inputs)
       fn = jax.jit(functools.partial(adapter.predict, max_decode_length=cfg.target_length))
     start = time.perf_counter()
-    self.fn = fn.lower(*self.args).compile()
+    self.fn = fn.lower(*self.args).compile(bench.TINY_COMPILER_OPTIONS if cfg.tiny else None)
     logging.info("%s: compiled in %.1f s", mode, time.perf_counter() - start)
     self.examples = cfg.batch_size
 

@@ -9,6 +9,9 @@
     trainer.TrainerConfig                                    loop settings the run files do
                                                              not set (health bounds, logging)
     xlingual.Study, xlingual.GymStudy                        cross-lingual tables (studies/)
+    inputs.LengthBuckets                                     length bucketing of train / eval
+                                                             batches (`.enabled = False`:
+                                                             fixed shapes)
 
 A method of your own registers its module the same way in your own Python module, e.g.
 `gin.external_configurable(MyPrompt, module="my")`, and your gin file imports it with an
@@ -21,6 +24,7 @@ import gin
 
 from prompt_jax.prompts import ept, initializers, lester, reparam
 from prompt_jax.studies import crosslingual, gym_scripts
+from prompt_jax.train import inputs
 from prompt_jax.train import optimizer
 from prompt_jax.train import trainer
 
@@ -50,3 +54,7 @@ TrainerConfig = gin.external_configurable(trainer.TrainerConfig, module="trainer
 # A cross-lingual table (`prompt-jax xlingual`, gin/xlingual/*.gin) and the gym's backbone.
 Study = gin.external_configurable(crosslingual.Study, module="xlingual")
 GymStudy = gin.external_configurable(gym_scripts.GymStudy, module="xlingual")
+
+# Built by `runs.train` / `evaluate` / `infer` through this wrapper, so
+# `--gin.inputs.LengthBuckets.enabled=False` pads every batch to TASK_FEATURE_LENGTHS.
+LengthBuckets = gin.external_configurable(inputs.LengthBuckets, module="inputs")

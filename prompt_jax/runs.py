@@ -316,13 +316,14 @@ def _train_built(built: Built, model_dir, mixture_or_task_name, task_feature_len
                  eval_split, eval_mode, max_eval_examples, best_metric, seed
                  ) -> trainer.TrainResult:
   """The training part of `train`, once the run dir is owned and the model built."""
+  buckets = configurables.LengthBuckets()
   evaluator = evaluation.Evaluator(
       built.adapter, built.frozen, built.task_names, split=eval_split,
       feature_lengths=task_feature_lengths, batch_size=batch_size,
-      max_examples=max_eval_examples, mode=eval_mode, model_dir=model_dir)
+      max_examples=max_eval_examples, mode=eval_mode, model_dir=model_dir, buckets=buckets)
   batches = inputs.batch_factory(mixture_or_task_name, split="train",
                                  task_feature_lengths=task_feature_lengths,
-                                 batch_size=batch_size, seed=seed)
+                                 batch_size=batch_size, seed=seed, buckets=buckets)
   cfg = configurables.TrainerConfig(model_dir=model_dir, train_steps=train_steps,
                                     checkpoint_period=checkpoint_period,
                                     eval_period=eval_period, num_partitions=num_partitions,
@@ -400,7 +401,8 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file)
   ev = evaluation.Evaluator(model, frozen, names, split=split,
                             feature_lengths=task_feature_lengths, batch_size=batch_size,
-                            max_examples=max_examples, mode=mode, model_dir=model_dir)
+                            max_examples=max_examples, mode=mode, model_dir=model_dir,
+                            buckets=configurables.LengthBuckets())
   metrics = ev(trainable, "eval")
   from prompt_jax.train.metrics_writer import MetricsWriter
   writer = MetricsWriter(model_dir)
@@ -429,7 +431,8 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     ev = evaluation.Evaluator(model, frozen, [task], split=split,
                               feature_lengths=task_feature_lengths, batch_size=batch_size,
                               max_examples=max_examples,
-                              task_ids={task: names.index(task)})
+                              task_ids={task: names.index(task)},
+                              buckets=configurables.LengthBuckets())
     preds = ev.predict(trainable, task)
     paths.append(evaluation.write_inference(model_dir, task, "infer", ev.examples[task], preds))
   return paths
