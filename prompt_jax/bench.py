@@ -88,7 +88,7 @@ ALL_CASES = ("peak", "torch_peak", "eval_rank", "eval_greedy", "hf_eval_rank", "
              "bucketing", "fixed_padding", "peft_bucketing")
 IN_PARENT = (MATMUL, "peak")  # Runners the parent process hosts itself.
 # Boolean BenchConfig fields (store_true flags).
-SWITCHES = ("tiny", "eval", "bucketing", "skip_train")
+SWITCHES = ("tiny", "eval", "bucketing", "skip_train", "remat", "remat_on")
 # `--tiny` (the tests): a model that compiles in seconds, with unequal sizes.
 TINY_MODEL = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=1,
                   num_decoder_layers=1, num_heads=3, relative_attention_num_buckets=8,
@@ -123,6 +123,8 @@ class BenchConfig:
   bucket_batches: int = 4
   peak_repeats: int = 3
   skip_train: bool = False  # Time only the peak and the --eval / --bucketing cases.
+  remat: bool = False  # Add prompt_tuning with per-layer rematerialisation (the remat section).
+  remat_on: bool = False  # Internal: this runner's model uses remat.
 
 
 class Runner(Protocol):
@@ -140,8 +142,8 @@ def model_config(cfg: BenchConfig):
   from prompt_jax.models import T5Config, t5_1_1_config
   if cfg.tiny:
     return T5Config(**TINY_MODEL, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                    dropout_rate=cfg.dropout_rate)
-  return t5_1_1_config(cfg.size, dropout_rate=cfg.dropout_rate)
+                    dropout_rate=cfg.dropout_rate, remat=cfg.remat_on)
+  return t5_1_1_config(cfg.size, dropout_rate=cfg.dropout_rate, remat=cfg.remat_on)
 
 
 def synthetic_batch(cfg: BenchConfig, vocab_size: int) -> dict[str, np.ndarray]:
@@ -253,7 +255,10 @@ class JaxStepRunner:
     return time.perf_counter() - start
 
   def summary(self) -> dict[str, float]:
-    return {"flops_per_step": self.flops, "peak_rss_mb": peak_rss_mb(), **self.counts}
+    memory = self.compiled.memory_analysis()  # XLA's buffer assignment of the compiled step.
+    temp = float(getattr(memory, "temp_size_in_bytes", 0.0)) if memory is not None else 0.0
+    return {"flops_per_step": self.flops, "peak_rss_mb": peak_rss_mb(),
+            "temp_mb": temp / 2.0**20, **self.counts}
 
 
 def method_prompt(mode: str, cfg: BenchConfig, d_model: int):
@@ -351,6 +356,7 @@ class PeftRunner:
 
 
 DROPOUT_0 = "_dropout_0"  # Suffix: the same mode or peer with dropout off.
+REMAT = "_remat"  # Suffix: the same mode with per-layer rematerialisation.
 
 
 def make_runner(name: str, cfg: BenchConfig) -> Runner:
@@ -358,6 +364,8 @@ def make_runner(name: str, cfg: BenchConfig) -> Runner:
   from prompt_jax import bench_cases
   if name.endswith(DROPOUT_0):
     return make_runner(name.removesuffix(DROPOUT_0), dataclasses.replace(cfg, dropout_rate=0.0))
+  if name.endswith(REMAT):
+    return make_runner(name.removesuffix(REMAT), dataclasses.replace(cfg, remat_on=True))
   if name in ALL_CASES:
     return bench_cases.make_runner(name, cfg)
   if name == PEER_MODE:
@@ -460,6 +468,8 @@ def run_bench(cfg: BenchConfig, peers: Sequence[str] = (), *,
     names += ["prompt_tuning" + DROPOUT_0, PEER_MODE + DROPOUT_0]
   if cfg.skip_train:
     names = []
+  if cfg.remat:
+    names = list(dict.fromkeys(names + ["prompt_tuning", "prompt_tuning" + REMAT]))
   names += bench_cases.case_names(cfg, peers)
   runners: dict[str, Any] = {}
   try:
@@ -484,6 +494,8 @@ def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
   from prompt_jax import bench_cases
   cases = bench_cases.assemble_cases(cfg, seconds, summaries)
   peak = cases["peak"]["jax_matmul_flops"]  # Best of repeats over the step's shapes.
+  if cfg.remat:
+    cases["remat"] = remat_section(seconds, summaries)
   if cfg.skip_train:
     return {"matmul_peak_flops": peak, **cases}
   if cfg.method:
@@ -511,6 +523,17 @@ def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
         PEER_MODE: {"steps_per_s": peer, "examples_per_s": cfg.batch_size * peer},
         "speedup_vs_peft": ours / peer}
   return {**result, **cases}
+
+
+def remat_section(seconds: Mapping[str, float],
+                  summaries: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+  """Prompt tuning with and without per-layer remat: speed and compiled temp memory."""
+  plain, remat = summaries["prompt_tuning"], summaries["prompt_tuning" + REMAT]
+  return {"steps_per_s": 1.0 / seconds["prompt_tuning"],
+          "remat_steps_per_s": 1.0 / seconds["prompt_tuning" + REMAT],
+          "temp_mb": plain["temp_mb"], "remat_temp_mb": remat["temp_mb"],
+          "time_ratio": seconds["prompt_tuning" + REMAT] / seconds["prompt_tuning"],
+          "temp_memory_ratio": remat["temp_mb"] / max(plain["temp_mb"], 1e-9)}
 
 
 def assemble_method(cfg: BenchConfig, peak: float, seconds: Mapping[str, float],
@@ -581,13 +604,18 @@ def _parser() -> argparse.ArgumentParser:
                  help="--bucketing: batches per timed pass.")
   p.add_argument("--peak_repeats", type=int, default=d.peak_repeats,
                  help="Repeats of each peak matmul per round (the best counts).")
+  p.add_argument("--remat", action="store_true",
+                 help="Also time prompt tuning with per-layer rematerialisation and report "
+                      "both steps' compiled temp memory (memory_analysis()).")
+  p.add_argument("--remat_on", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--skip_train", action="store_true",
                  help="Skip the training-step modes: time only the peak and the --eval / "
                       "--bucketing cases.")
   p.add_argument("--in_process", action="store_true",
                  help="Run every mode in this process (peak RSS becomes cumulative).")
   p.add_argument("--serve", choices=MODES + METHOD_MODES + (PEER_MODE, MATMUL) + ALL_CASES
-                 + ("prompt_tuning_dropout_0", "peft_prompt_tuning_dropout_0"),
+                 + ("prompt_tuning_dropout_0", "peft_prompt_tuning_dropout_0",
+                    "prompt_tuning_remat"),
                  help=argparse.SUPPRESS)
   return p
 

@@ -106,6 +106,12 @@ def test_peer_sections_and_dropout_0_are_assembled_as_ratios():
                   ("eval_rank", "hf_eval_rank", "eval_greedy", "hf_eval_greedy", "bucketing",
                    "fixed_padding", "peft_bucketing")}}
   result = bench.assemble(cfg, seconds, summaries)
+  assert "remat" not in result
+  remat = bench.assemble(bench.BenchConfig(remat=True, skip_train=True), {
+      "peak": 1.0, "prompt_tuning": 0.5, "prompt_tuning_remat": 1.0}, {
+      "peak": peak, "prompt_tuning": {"temp_mb": 8.0}, "prompt_tuning_remat": {"temp_mb": 2.0}})
+  assert remat["remat"] == {"steps_per_s": 2.0, "remat_steps_per_s": 1.0, "temp_mb": 8.0,
+                            "remat_temp_mb": 2.0, "time_ratio": 2.0, "temp_memory_ratio": 0.25}
   assert result["matmul_peak_flops"] == 100.0 and result["peak"]["torch_matmul_flops"] == 200.0
   assert result["speedup_vs_peft"] == 2.0 and result["dropout_0"]["speedup_vs_peft"] == 4.0
   assert result["eval"]["rank_classification"] == {
