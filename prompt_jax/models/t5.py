@@ -108,7 +108,8 @@ class DecoderLayer(nn.Module):
     h = attn("self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
     y = y + _dropout(h, cfg.dropout_rate, deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(y)
-    h = attn("encoder_decoder_attention")(h, encoded, cross_bias, deterministic=deterministic)
+    h = attn("encoder_decoder_attention")(h, encoded, cross_bias, deterministic=deterministic,
+                                          cache_kv_inputs=decode)
     y = y + _dropout(h, cfg.dropout_rate, deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(y)
     h = MlpBlock(cfg.d_ff, cfg.activation, cfg.is_gated, cfg.dropout_rate, dt, name="mlp")(

@@ -200,10 +200,14 @@ def test_greedy_early_stop_equals_the_fixed_length_decode(name):
   ends = np.asarray(early)[:, :T - 1] == EOS
   rows = np.flatnonzero(ends.any(-1))
   assert len(rows) >= 1
-  sub = _jitted(name, greedy_decode, max_decode_length=T)(
-      params, enc[rows], task_ids=None if task_ids is None else task_ids[rows])
-  sub_fixed = _jitted(name, greedy_decode, max_decode_length=T, early_stop=False)(
-      params, enc[rows], task_ids=None if task_ids is None else task_ids[rows])
+  # Own jitted copies: this batch shape must not add entries to the shared functions'
+  # caches (test_decoding_compiles_once counts them).
+  model = _case(name)[0]
+  sub_ids = None if task_ids is None else task_ids[rows]
+  sub = _jit(functools.partial(greedy_decode, model, max_decode_length=T))(
+      params, enc[rows], task_ids=sub_ids)
+  sub_fixed = _jit(functools.partial(greedy_decode, model, max_decode_length=T,
+                                     early_stop=False))(params, enc[rows], task_ids=sub_ids)
   np.testing.assert_array_equal(sub, sub_fixed)
   np.testing.assert_array_equal(sub, np.asarray(early)[rows])
 

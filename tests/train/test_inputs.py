@@ -85,8 +85,8 @@ def _padded_copy_batches(start, *, full=16, buckets=inputs.LengthBuckets(min_len
   from tests.tiny import copy_task_batches
   i = start
   while True:
-    b = next(copy_task_batches(i, batch_size=4, length=(3, 6, 12)[i % 3]))
-    enc = np.zeros((4, full), np.int32)
+    b = next(copy_task_batches(i, batch_size=8, length=(3, 6, 12)[i % 3]))
+    enc = np.zeros((8, full), np.int32)
     enc[:, :b["encoder_input_tokens"].shape[1]] = b["encoder_input_tokens"]
     yield inputs.bucket_batch({**b, "encoder_input_tokens": enc}, buckets)
     i += 1
