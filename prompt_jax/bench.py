@@ -10,7 +10,11 @@ full-length batch, and prints ONE JSON object on stdout (logs go to stderr):
    "model_tuning": {...same keys...},
    # with --peer peft:
    "peft_prompt_tuning": {"steps_per_s", "examples_per_s", "peak_rss_mb"},
-   "speedup_vs_peft": <prompt_tuning steps/s / peft steps/s>}
+   "speedup_vs_peft": <prompt_tuning steps/s / peft steps/s>,
+   "dropout_0": {...},  # --peer peft, dropout > 0: prompt_tuning and PEFT at dropout 0
+   "peak": {...}}       # the robust matmul peak (`prompt_jax.bench_cases`)
+  plus, on request, "eval" (--eval), "bucketing" (--bucketing), "remat" (--remat): see
+  `prompt_jax.bench_cases`; `--skip_train` leaves out the training-step modes.
 
 What is compared:
   * prompt_tuning: a Lester prompt [P, D] prepended to the encoder input; only the prompt
@@ -32,7 +36,8 @@ How it measures:
     rounds. Load from other programs on a shared machine then hits every mode alike.
   * steps/s: 1 / median wall time of `--steps` timed rounds after `--warmup` untimed ones.
   * flops_per_step: XLA's cost analysis of the compiled step (`lower(...).compile()`).
-  * matmul_peak_flops: 2 n^3 / median time of a jitted n x n float32 matmul;
+  * matmul_peak_flops: the best of repeats of float32 matmuls of the step's shapes and an
+    n x n one, in the same rounds (`bench_cases.PeakRunner`);
     flops_fraction_of_peak = flops_per_step * steps/s / matmul_peak_flops.
   * peak_rss_mb: peak resident set of the process that ran the mode (`ru_maxrss`).
     `--in_process` runs everything in one process instead (faster to start, used by the
@@ -495,7 +500,7 @@ def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
   cases = bench_cases.assemble_cases(cfg, seconds, summaries)
   peak = cases["peak"]["jax_matmul_flops"]  # Best of repeats over the step's shapes.
   if cfg.remat:
-    cases["remat"] = remat_section(seconds, summaries)
+    cases["remat"] = bench_cases.remat_section(seconds, summaries)
   if cfg.skip_train:
     return {"matmul_peak_flops": peak, **cases}
   if cfg.method:
@@ -523,17 +528,6 @@ def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
         PEER_MODE: {"steps_per_s": peer, "examples_per_s": cfg.batch_size * peer},
         "speedup_vs_peft": ours / peer}
   return {**result, **cases}
-
-
-def remat_section(seconds: Mapping[str, float],
-                  summaries: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-  """Prompt tuning with and without per-layer remat: speed and compiled temp memory."""
-  plain, remat = summaries["prompt_tuning"], summaries["prompt_tuning" + REMAT]
-  return {"steps_per_s": 1.0 / seconds["prompt_tuning"],
-          "remat_steps_per_s": 1.0 / seconds["prompt_tuning" + REMAT],
-          "temp_mb": plain["temp_mb"], "remat_temp_mb": remat["temp_mb"],
-          "time_ratio": seconds["prompt_tuning" + REMAT] / seconds["prompt_tuning"],
-          "temp_memory_ratio": remat["temp_mb"] / max(plain["temp_mb"], 1e-9)}
 
 
 def assemble_method(cfg: BenchConfig, peak: float, seconds: Mapping[str, float],

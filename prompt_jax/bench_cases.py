@@ -36,6 +36,7 @@ BUCKET_MODES = ("bucketing", "fixed_padding")
 PEFT_BUCKET_MODE = "peft_bucketing"
 PEAK_MODES = ("peak",)
 TORCH_PEAK_MODE = "torch_peak"
+REMAT = "_remat"  # The bench's suffix for a mode with per-layer rematerialisation.
 NUM_LABELS = 3
 LABEL_LENGTH = 3  # Tokens per label string, EOS included (e.g. "entailment" + EOS).
 # Input lengths in T5 SentencePiece tokens, task prefix and EOS included: lognormal stand-ins
@@ -325,6 +326,16 @@ def case_names(cfg, peers) -> list[str]:
   if cfg.bucketing:
     names += list(BUCKET_MODES) + ([PEFT_BUCKET_MODE] if peft else [])
   return names
+
+
+def remat_section(seconds: Any, summaries: Any) -> dict[str, float]:
+  """Prompt tuning with and without per-layer remat: speed and compiled temp memory."""
+  plain, remat = summaries["prompt_tuning"], summaries["prompt_tuning" + REMAT]
+  return {"steps_per_s": 1.0 / seconds["prompt_tuning"],
+          "remat_steps_per_s": 1.0 / seconds["prompt_tuning" + REMAT],
+          "temp_mb": plain["temp_mb"], "remat_temp_mb": remat["temp_mb"],
+          "time_ratio": seconds["prompt_tuning" + REMAT] / seconds["prompt_tuning"],
+          "temp_memory_ratio": remat["temp_mb"] / max(plain["temp_mb"], 1e-9)}
 
 
 def assemble_cases(cfg, seconds, summaries) -> dict[str, Any]:
