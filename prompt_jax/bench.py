@@ -10,7 +10,11 @@ full-length batch, and prints ONE JSON object on stdout (logs go to stderr):
    "model_tuning": {...same keys...},
    # with --peer peft:
    "peft_prompt_tuning": {"steps_per_s", "examples_per_s", "peak_rss_mb"},
-   "speedup_vs_peft": <prompt_tuning steps/s / peft steps/s>}
+   "speedup_vs_peft": <prompt_tuning steps/s / peft steps/s>,
+   "dropout_0": {...},  # --peer peft, dropout > 0: prompt_tuning and PEFT at dropout 0
+   "peak": {...}}       # the robust matmul peak (`prompt_jax.bench_cases`)
+  plus, on request, "eval" (--eval), "bucketing" (--bucketing), "remat" (--remat): see
+  `prompt_jax.bench_cases`; `--skip_train` leaves out the training-step modes.
 
 What is compared:
   * prompt_tuning: a Lester prompt [P, D] prepended to the encoder input; only the prompt
@@ -32,7 +36,8 @@ How it measures:
     rounds. Load from other programs on a shared machine then hits every mode alike.
   * steps/s: 1 / median wall time of `--steps` timed rounds after `--warmup` untimed ones.
   * flops_per_step: XLA's cost analysis of the compiled step (`lower(...).compile()`).
-  * matmul_peak_flops: 2 n^3 / median time of a jitted n x n float32 matmul;
+  * matmul_peak_flops: the best of repeats of float32 matmuls of the step's shapes and an
+    n x n one, in the same rounds (`bench_cases.PeakRunner`);
     flops_fraction_of_peak = flops_per_step * steps/s / matmul_peak_flops.
   * peak_rss_mb: peak resident set of the process that ran the mode (`ru_maxrss`).
     `--in_process` runs everything in one process instead (faster to start, used by the
@@ -83,6 +88,12 @@ METHODS = {"dept": {}, "dept_fusion": {"fusion": True},
            "dept_multispace": {"num_subspaces": 4},
            "ept": {"fusion": True, "num_subspaces": 4}}
 MATMUL = "matmul"
+# The `prompt_jax.bench_cases` runners (evaluation, bucketing, peak), by name.
+ALL_CASES = ("peak", "torch_peak", "eval_rank", "eval_greedy", "hf_eval_rank", "hf_eval_greedy",
+             "bucketing", "fixed_padding", "peft_bucketing")
+IN_PARENT = (MATMUL, "peak")  # Runners the parent process hosts itself.
+# Boolean BenchConfig fields (store_true flags).
+SWITCHES = ("tiny", "eval", "bucketing", "skip_train", "remat", "remat_on")
 # `--tiny` (the tests): a model that compiles in seconds, with unequal sizes.
 TINY_MODEL = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=1,
                   num_decoder_layers=1, num_heads=3, relative_attention_num_buckets=8,
@@ -110,6 +121,15 @@ class BenchConfig:
   method: str = ""  # "" or a METHODS key: the method comparison replaces the modes.
   budget_length: int = 100
   short_length: int = 60
+  eval: bool = False  # Add the evaluation section (`prompt_jax.bench_cases`).
+  bucketing: bool = False  # Add the length-bucketing section.
+  length_dist: str = "sst2"
+  max_length: int = 512
+  bucket_batches: int = 4
+  peak_repeats: int = 3
+  skip_train: bool = False  # Time only the peak and the --eval / --bucketing cases.
+  remat: bool = False  # Add prompt_tuning with per-layer rematerialisation (the remat section).
+  remat_on: bool = False  # Internal: this runner's model uses remat.
 
 
 class Runner(Protocol):
@@ -127,8 +147,8 @@ def model_config(cfg: BenchConfig):
   from prompt_jax.models import T5Config, t5_1_1_config
   if cfg.tiny:
     return T5Config(**TINY_MODEL, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                    dropout_rate=cfg.dropout_rate)
-  return t5_1_1_config(cfg.size, dropout_rate=cfg.dropout_rate)
+                    dropout_rate=cfg.dropout_rate, remat=cfg.remat_on)
+  return t5_1_1_config(cfg.size, dropout_rate=cfg.dropout_rate, remat=cfg.remat_on)
 
 
 def synthetic_batch(cfg: BenchConfig, vocab_size: int) -> dict[str, np.ndarray]:
@@ -240,7 +260,10 @@ class JaxStepRunner:
     return time.perf_counter() - start
 
   def summary(self) -> dict[str, float]:
-    return {"flops_per_step": self.flops, "peak_rss_mb": peak_rss_mb(), **self.counts}
+    memory = self.compiled.memory_analysis()  # XLA's buffer assignment of the compiled step.
+    temp = float(getattr(memory, "temp_size_in_bytes", 0.0)) if memory is not None else 0.0
+    return {"flops_per_step": self.flops, "peak_rss_mb": peak_rss_mb(),
+            "temp_mb": temp / 2.0**20, **self.counts}
 
 
 def method_prompt(mode: str, cfg: BenchConfig, d_model: int):
@@ -337,8 +360,19 @@ class PeftRunner:
     return {"peak_rss_mb": peak_rss_mb()}
 
 
+DROPOUT_0 = "_dropout_0"  # Suffix: the same mode or peer with dropout off.
+REMAT = "_remat"  # Suffix: the same mode with per-layer rematerialisation.
+
+
 def make_runner(name: str, cfg: BenchConfig) -> Runner:
-  """An in-process runner for a mode, the peer or the matmul."""
+  """An in-process runner for a mode, the peer, the matmul or a `bench_cases` case."""
+  from prompt_jax import bench_cases
+  if name.endswith(DROPOUT_0):
+    return make_runner(name.removesuffix(DROPOUT_0), dataclasses.replace(cfg, dropout_rate=0.0))
+  if name.endswith(REMAT):
+    return make_runner(name.removesuffix(REMAT), dataclasses.replace(cfg, remat_on=True))
+  if name in ALL_CASES:
+    return bench_cases.make_runner(name, cfg)
   if name == PEER_MODE:
     return PeftRunner(cfg)
   if name == MATMUL:
@@ -432,12 +466,20 @@ def run_bench(cfg: BenchConfig, peers: Sequence[str] = (), *,
   for peer in peers:
     if peer != "peft":
       raise ValueError(f"Unknown peer {peer!r}; supported: 'peft'.")
+  from prompt_jax import bench_cases
   modes = METHOD_MODES if cfg.method else MODES
-  names = [MATMUL, *modes] + ([PEER_MODE] if "peft" in peers else [])
+  names = [*modes] + ([PEER_MODE] if "peft" in peers else [])
+  if "peft" in peers and not cfg.method and cfg.dropout_rate > 0:
+    names += ["prompt_tuning" + DROPOUT_0, PEER_MODE + DROPOUT_0]
+  if cfg.skip_train:
+    names = []
+  if cfg.remat:
+    names = list(dict.fromkeys(names + ["prompt_tuning", "prompt_tuning" + REMAT]))
+  names += bench_cases.case_names(cfg, peers)
   runners: dict[str, Any] = {}
   try:
     for name in names:  # Children build side by side.
-      runners[name] = (ChildRunner(name, cfg) if isolate and name != MATMUL
+      runners[name] = (ChildRunner(name, cfg) if isolate and name not in IN_PARENT
                        else make_runner(name, cfg))
     for runner in runners.values():
       if isinstance(runner, ChildRunner):
@@ -454,9 +496,15 @@ def run_bench(cfg: BenchConfig, peers: Sequence[str] = (), *,
 def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
              summaries: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
   """The benchmark's JSON object from median step times and runner summaries."""
-  peak = summaries[MATMUL]["flops_per_step"] / seconds[MATMUL]
+  from prompt_jax import bench_cases
+  cases = bench_cases.assemble_cases(cfg, seconds, summaries)
+  peak = cases["peak"]["jax_matmul_flops"]  # Best of repeats over the step's shapes.
+  if cfg.remat:
+    cases["remat"] = bench_cases.remat_section(seconds, summaries)
+  if cfg.skip_train:
+    return {"matmul_peak_flops": peak, **cases}
   if cfg.method:
-    return assemble_method(cfg, peak, seconds, summaries)
+    return {**assemble_method(cfg, peak, seconds, summaries), **cases}
   result: dict[str, Any] = {"matmul_peak_flops": peak}
   for mode in MODES:
     flops, steps_per_s = summaries[mode]["flops_per_step"], 1.0 / seconds[mode]
@@ -472,7 +520,14 @@ def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
                          "examples_per_s": cfg.batch_size * steps_per_s,
                          "peak_rss_mb": summaries[PEER_MODE]["peak_rss_mb"]}
     result["speedup_vs_peft"] = pt["steps_per_s"] / steps_per_s
-  return result
+  if PEER_MODE + DROPOUT_0 in seconds:
+    ours, peer = (1.0 / seconds["prompt_tuning" + DROPOUT_0],
+                  1.0 / seconds[PEER_MODE + DROPOUT_0])
+    result["dropout_0"] = {
+        "prompt_tuning": {"steps_per_s": ours, "examples_per_s": cfg.batch_size * ours},
+        PEER_MODE: {"steps_per_s": peer, "examples_per_s": cfg.batch_size * peer},
+        "speedup_vs_peft": ours / peer}
+  return {**result, **cases}
 
 
 def assemble_method(cfg: BenchConfig, peak: float, seconds: Mapping[str, float],
@@ -501,8 +556,8 @@ def assemble_method(cfg: BenchConfig, peak: float, seconds: Mapping[str, float],
 def _config_flags(cfg: BenchConfig) -> list[str]:
   """`cfg` as command-line flags (for the child processes)."""
   flags = [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
-           if f.name != "tiny"]
-  return flags + (["--tiny"] if cfg.tiny else [])
+           if f.name not in SWITCHES]
+  return flags + [f"--{name}" for name in SWITCHES if getattr(cfg, name)]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -529,9 +584,32 @@ def _parser() -> argparse.ArgumentParser:
                  help="--method: the method's short prompt rows S.")
   p.add_argument("--tiny", action="store_true",
                  help="A tiny model and shapes (tests); explicit shape flags still apply.")
+  p.add_argument("--eval", action="store_true",
+                 help="Also time rank classification and greedy decoding (with --peer peft: "
+                      "against HF PyTorch).")
+  p.add_argument("--bucketing", action="store_true",
+                 help="Also time train steps on realistic lengths: length buckets vs fixed "
+                      "padding (with --peer peft: vs PEFT padding per batch).")
+  p.add_argument("--length_dist", default=d.length_dist, choices=["sst2", "rte"],
+                 help="--bucketing: the input-length distribution.")
+  p.add_argument("--max_length", type=int, default=d.max_length,
+                 help="--bucketing: the feature length (fixed padding pads to it).")
+  p.add_argument("--bucket_batches", type=int, default=d.bucket_batches,
+                 help="--bucketing: batches per timed pass.")
+  p.add_argument("--peak_repeats", type=int, default=d.peak_repeats,
+                 help="Repeats of each peak matmul per round (the best counts).")
+  p.add_argument("--remat", action="store_true",
+                 help="Also time prompt tuning with per-layer rematerialisation and report "
+                      "both steps' compiled temp memory (memory_analysis()).")
+  p.add_argument("--remat_on", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--skip_train", action="store_true",
+                 help="Skip the training-step modes: time only the peak and the --eval / "
+                      "--bucketing cases.")
   p.add_argument("--in_process", action="store_true",
                  help="Run every mode in this process (peak RSS becomes cumulative).")
-  p.add_argument("--serve", choices=MODES + METHOD_MODES + (PEER_MODE, MATMUL),
+  p.add_argument("--serve", choices=MODES + METHOD_MODES + (PEER_MODE, MATMUL) + ALL_CASES
+                 + ("prompt_tuning_dropout_0", "peft_prompt_tuning_dropout_0",
+                    "prompt_tuning_remat"),
                  help=argparse.SUPPRESS)
   return p
 

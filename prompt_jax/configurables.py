@@ -14,6 +14,9 @@
                                                              not set (health bounds, logging)
     xlingual.Study, xlingual.GymStudy                        cross-lingual tables (studies/)
     sweep.Table, sweep.GymBackbone                           ablation tables (`prompt-jax sweep`)
+    inputs.LengthBuckets                                     length bucketing of train / eval
+                                                             batches (`.enabled = False`:
+                                                             fixed shapes)
 
 A method of your own registers its module the same way in your own Python module, e.g.
 `gin.external_configurable(MyPrompt, module="my")`, and your gin file imports it with an
@@ -26,6 +29,7 @@ import gin
 
 from prompt_jax.prompts import ept, initializers, lester, panda, reparam
 from prompt_jax.studies import crosslingual, gym_scripts, sweep
+from prompt_jax.train import inputs
 from prompt_jax.train import optimizer
 from prompt_jax.train import trainer
 
@@ -78,3 +82,7 @@ pt_param_groups = gin.external_configurable(_ipt.pt_param_groups, module="ipt")
 # An ablation table (`prompt-jax sweep`, gin/tables/*.gin) and the gym's backbones by size.
 Table = gin.external_configurable(sweep.Table, module="sweep")
 GymBackbone = gin.external_configurable(sweep.GymBackbone, module="sweep")
+
+# Built by `runs.train` / `evaluate` / `infer` through this wrapper, so
+# `--gin.inputs.LengthBuckets.enabled=False` pads every batch to TASK_FEATURE_LENGTHS.
+LengthBuckets = gin.external_configurable(inputs.LengthBuckets, module="inputs")

@@ -383,13 +383,15 @@ def _train_built(built: Built, model_dir, mixture_or_task_name, task_feature_len
                  eval_split, eval_mode, max_eval_examples, best_metric, seed, mesh=None
                  ) -> trainer.TrainResult:
   """The training part of `train`, once the run dir is owned and the model built."""
+  buckets = configurables.LengthBuckets()
   evaluator = evaluation.Evaluator(
       built.adapter, built.frozen, built.task_names, split=eval_split,
       feature_lengths=task_feature_lengths, batch_size=batch_size,
-      max_examples=max_eval_examples, mode=eval_mode, model_dir=model_dir, mesh=mesh)
+      max_examples=max_eval_examples, mode=eval_mode, model_dir=model_dir, mesh=mesh,
+      buckets=buckets)
   batches = inputs.batch_factory(mixture_or_task_name, split="train",
                                  task_feature_lengths=task_feature_lengths,
-                                 batch_size=batch_size, seed=seed)
+                                 batch_size=batch_size, seed=seed, buckets=buckets)
   cfg = configurables.TrainerConfig(model_dir=model_dir, train_steps=train_steps,
                                     checkpoint_period=checkpoint_period,
                                     eval_period=eval_period, num_partitions=num_partitions,
@@ -477,17 +479,18 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         max_examples=max_examples, mode=mode, vote=ensemble_vote)
     metrics, _ = ens(model_dir, "eval")
     _write_eval_metrics(model_dir, metrics)
-    from prompt_jax.train import checkpointing
-    checkpointing.write_json(pathlib.Path(model_dir) / "ensemble.json",
-                             {"prompt_files": [str(f) for f in files], "vote": ensemble_vote,
-                              "mode": mode, "metrics": metrics})
+    if multihost.is_primary():
+      from prompt_jax.train import checkpointing
+      checkpointing.write_json(paths.as_path(model_dir) / "ensemble.json",
+                               {"prompt_files": [str(f) for f in files],
+                                "vote": ensemble_vote, "mode": mode, "metrics": metrics})
     return metrics
   model, frozen, trainable, names = _prompted_from_file(
       initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file, mesh)
   ev = evaluation.Evaluator(model, frozen, names, split=split,
                             feature_lengths=task_feature_lengths, batch_size=batch_size,
                             max_examples=max_examples, mode=mode, model_dir=model_dir,
-                            mesh=mesh)
+                            mesh=mesh, buckets=configurables.LengthBuckets())
   metrics = ev(trainable, "eval")
   _write_eval_metrics(model_dir, metrics)
   return metrics
@@ -571,7 +574,8 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     ev = evaluation.Evaluator(model, frozen, [task], split=split,
                               feature_lengths=task_feature_lengths, batch_size=batch_size,
                               max_examples=max_examples,
-                              task_ids={task: names.index(task)}, mesh=mesh)
+                              task_ids={task: names.index(task)}, mesh=mesh,
+                              buckets=configurables.LengthBuckets())
     preds = ev.predict(trainable, task)
     if multihost.is_primary():
       written.append(evaluation.write_inference(model_dir, task, "infer", ev.examples[task],

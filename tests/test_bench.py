@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from prompt_jax import bench
@@ -29,7 +30,11 @@ def test_tiny_bench_prints_one_json_object(capsys):
   assert len(out) == 1  # One JSON object; logs went to stderr.
   result = json.loads(out[0])
   assert set(result) == {"matmul_peak_flops", "prompt_tuning", "model_tuning",
-                         "peft_prompt_tuning", "speedup_vs_peft"}
+                         "peft_prompt_tuning", "speedup_vs_peft", "peak"}
+  peak = result["peak"]  # The robust peak is the one the fractions use, PyTorch's beside it.
+  assert result["matmul_peak_flops"] == peak["jax_matmul_flops"] == max(
+      peak["jax_per_shape_flops"])
+  assert peak["torch_matmul_flops"] > 0 and len(peak["shapes"]) == 4
   for key in ("matmul_peak_flops", "speedup_vs_peft"):
     assert isinstance(result[key], float) and result[key] > 0
   for mode in ("prompt_tuning", "model_tuning"):
@@ -68,3 +73,66 @@ def test_tiny_config_keeps_explicit_flags():
   assert (cfg.batch_size, cfg.prompt_length, cfg.input_length) == (
       3, 5, bench.TINY_SHAPES["input_length"])
   assert bench.config_from_args(bench._parser().parse_args([]), []) == bench.BenchConfig()
+
+
+def test_tiny_bench_eval_and_bucketing_sections(capsys):
+  """Our side of --eval / --bucketing runs for real (the peers' runners are the ones
+  `test_tiny_bench_prints_one_json_object` covers, or plain HF calls)."""
+  args = ["--tiny", "--steps", "1", "--warmup", "0", "--dropout_rate", "0", "--in_process",
+          "--skip_train", "--eval", "--bucketing", "--max_length", "32", "--bucket_batches", "1"]
+  assert bench.main(args) == 0
+  result = json.loads(capsys.readouterr().out.strip())
+  assert set(result) == {"matmul_peak_flops", "peak", "eval", "bucketing"}
+  for kind in ("rank_classification", "greedy_decode"):
+    _positive_floats(result["eval"][kind], {"examples_per_s"})
+  buckets = result["bucketing"]
+  assert (buckets["length_dist"], buckets["max_length"]) == ("sst2", 32)
+  _positive_floats({k: v for k, v in buckets.items() if k not in ("length_dist", "max_length")},
+                   {"examples_per_s", "fixed_padding_examples_per_s", "speedup_vs_fixed_padding"})
+
+
+def test_peer_sections_and_dropout_0_are_assembled_as_ratios():
+  cfg = bench.BenchConfig(batch_size=2, eval=True, bucketing=True, dropout_rate=0.1)
+  seconds = {"prompt_tuning": 0.5, "model_tuning": 1.0, "peft_prompt_tuning": 1.0,
+             "prompt_tuning_dropout_0": 0.25, "peft_prompt_tuning_dropout_0": 1.0,
+             "peak": 1.0, "torch_peak": 1.0, "eval_rank": 0.5, "hf_eval_rank": 2.0,
+             "eval_greedy": 1.0, "hf_eval_greedy": 3.0, "bucketing": 1.0, "fixed_padding": 4.0,
+             "peft_bucketing": 2.0}
+  step = {"flops_per_step": 10.0, "peak_rss_mb": 1.0}
+  peak = {"peak_flops": 100.0, "per_shape_flops": [50.0, 100.0], "shapes": [[1, 2, 3]] * 2}
+  summaries = {"prompt_tuning": step, "model_tuning": step, "peft_prompt_tuning": step,
+               "peak": peak, "torch_peak": {**peak, "peak_flops": 200.0},
+               **{k: {"examples_per_step": 8.0} for k in
+                  ("eval_rank", "hf_eval_rank", "eval_greedy", "hf_eval_greedy", "bucketing",
+                   "fixed_padding", "peft_bucketing")}}
+  result = bench.assemble(cfg, seconds, summaries)
+  assert "remat" not in result
+  remat = bench.assemble(bench.BenchConfig(remat=True, skip_train=True), {
+      "peak": 1.0, "prompt_tuning": 0.5, "prompt_tuning_remat": 1.0}, {
+      "peak": peak, "prompt_tuning": {"temp_mb": 8.0}, "prompt_tuning_remat": {"temp_mb": 2.0}})
+  assert remat["remat"] == {"steps_per_s": 2.0, "remat_steps_per_s": 1.0, "temp_mb": 8.0,
+                            "remat_temp_mb": 2.0, "time_ratio": 2.0, "temp_memory_ratio": 0.25}
+  assert result["matmul_peak_flops"] == 100.0 and result["peak"]["torch_matmul_flops"] == 200.0
+  assert result["speedup_vs_peft"] == 2.0 and result["dropout_0"]["speedup_vs_peft"] == 4.0
+  assert result["eval"]["rank_classification"] == {
+      "examples_per_s": 16.0, "hf_examples_per_s": 4.0, "speedup_vs_hf": 4.0}
+  assert result["eval"]["greedy_decode"]["speedup_vs_hf"] == 3.0
+  assert result["bucketing"]["examples_per_s"] == 8.0
+  assert result["bucketing"]["fixed_padding_examples_per_s"] == 2.0
+  assert result["bucketing"]["peft_examples_per_s"] == 4.0
+  assert result["bucketing"]["speedup_vs_peft"] == 2.0
+
+
+def test_length_batches_follow_the_distribution_and_buckets_cut_only_padding():
+  from prompt_jax import bench_cases
+  from prompt_jax.train import inputs
+  cfg = bench.BenchConfig(batch_size=4, max_length=512, bucket_batches=3, target_length=8)
+  batches = bench_cases.length_batches(cfg, 100)
+  assert len(batches) == 3 and batches[0]["encoder_input_tokens"].shape == (4, 512)
+  lengths = np.concatenate([(b["encoder_input_tokens"] > 0).sum(1) for b in batches])
+  assert 8 <= np.median(lengths) <= 64 and lengths.max() <= 512  # SST-2-like: short.
+  for b in batches:
+    cut = inputs.bucket_batch(b, inputs.LengthBuckets())
+    n = cut["encoder_input_tokens"].shape[1]
+    assert n in (16, 32, 64, 128, 256, 512) and n < 512
+    assert (b["encoder_input_tokens"][:, n:] == 0).all()

@@ -151,3 +151,21 @@ def test_shipped_run_files_document_themselves():
   for path in (cli.GIN_DIR / "runs").glob("*.gin"):
     text = path.read_text()
     assert "Required" in text and "Commonly overridden" in text and "prompt-jax " in text, path
+
+
+def test_speed_switches_reach_the_model_config_and_the_input_pipeline():
+  import gin
+  from prompt_jax import configurables, runs
+  from prompt_jax.models import T5Config
+  from prompt_jax.train import inputs
+  files = ["models/t5_1_1.gin", "models/bf16_activations.gin", "models/remat.gin"]
+  cli.parse_gin(files, ["inputs.LengthBuckets.enabled = False"])
+  try:
+    overrides = runs.architecture()
+    assert overrides["dtype"] == "bfloat16" and overrides["remat"] is True
+    config = T5Config(**overrides)
+    assert "remat" not in config.to_hf_dict() and "dtype" not in config.to_hf_dict()
+    assert configurables.LengthBuckets() == inputs.FIXED_SHAPES
+  finally:
+    gin.clear_config()
+  assert configurables.LengthBuckets() == inputs.LengthBuckets()  # On by default.

@@ -20,7 +20,11 @@ class T5Config:
   """Architecture of a T5 encoder-decoder.
 
   Defaults are T5 1.0 Small. `dtype` is the activation dtype; parameters stay float32 and
-  layer norms, softmax and the returned logits are computed in float32 whatever it is.
+  layer norms, softmax and the returned logits are computed in float32 whatever it is
+  (with "bfloat16" the prompt stays a float32 master copy, cast for the forward pass, so
+  its gradient and optimizer state are float32). `remat` recomputes each encoder and
+  decoder layer's activations in the backward pass instead of keeping them (less memory,
+  about one more forward pass of compute); neither changes the parameter tree.
   """
 
   vocab_size: int = 32128
@@ -40,6 +44,7 @@ class T5Config:
   eos_token_id: int = 1
   decoder_start_token_id: int = 0
   dtype: str = "float32"
+  remat: bool = False
 
   def __post_init__(self):
     if self.feed_forward_proj not in _GATED | _PLAIN:
@@ -80,7 +85,7 @@ class T5Config:
     """Builds a config from an HF `config.json` dict; unknown HF keys are ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
     # HF's `dtype` is the stored weights' dtype (e.g. float16), not our activation dtype.
-    kwargs = {k: v for k, v in hf.items() if k in names and k != "dtype"}
+    kwargs = {k: v for k, v in hf.items() if k in names and k not in ("dtype", "remat")}
     if kwargs.get("num_decoder_layers") is None:
       kwargs["num_decoder_layers"] = hf.get("num_layers", cls.num_layers)
     if "tie_word_embeddings" not in hf:
@@ -99,7 +104,8 @@ class T5Config:
 
   def to_hf_dict(self) -> dict[str, Any]:
     """The HF `config.json` fields of this config (for writing HF-format checkpoints)."""
-    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dtype"}
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+           if f.name not in ("dtype", "remat")}
     out.update(model_type="t5", architectures=["T5ForConditionalGeneration"],
                is_encoder_decoder=True, is_gated_act=self.is_gated,
                dense_act_fn=self.activation)

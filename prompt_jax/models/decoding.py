@@ -83,8 +83,14 @@ class _GreedyState(NamedTuple):
 
 
 def greedy_decode(model: T5Transformer, params: Params, encoder_input_tokens: Array, *,
-                  max_decode_length: int, task_ids: Array | None = None) -> Array:
+                  max_decode_length: int, task_ids: Array | None = None,
+                  early_stop: bool = True) -> Array:
   """Argmax decoding with a KV cache; stops early once every row has emitted EOS.
+
+  The loop is a `while_loop` whose condition also checks that some row is still running,
+  so a batch of short answers costs only as many decoder steps as its longest answer.
+  Rows that finished keep emitting padding, so the tokens equal those of a fixed-length
+  decode (`early_stop=False`, always T steps; kept for tests and benchmarks).
 
   Args:
     model: the T5 (with or without a prompt module).
@@ -92,6 +98,7 @@ def greedy_decode(model: T5Transformer, params: Params, encoder_input_tokens: Ar
     encoder_input_tokens: int [B, L], 0 = padding.
     max_decode_length: T, the number of decoder steps at most (static).
     task_ids: optional [B] task ids for per-example prompt modules.
+    early_stop: stop once every row has emitted EOS (default); False runs all T steps.
 
   Returns:
     int32 tokens [B, T]: targets up to and including the first EOS, then 0.
@@ -108,7 +115,8 @@ def greedy_decode(model: T5Transformer, params: Params, encoder_input_tokens: Ar
       cache=_init_cache(model, params, encoded, mask, max_decode_length))
 
   def cond(s: _GreedyState) -> Array:
-    return (s.step < max_decode_length) & ~jnp.all(s.finished)
+    running = s.step < max_decode_length
+    return running & ~jnp.all(s.finished) if early_stop else running
 
   def body(s: _GreedyState) -> _GreedyState:
     logits, cache = _decode_step(model, params, s.cache, encoded, mask, s.last,
@@ -308,3 +316,40 @@ def score_sequences(model: T5Transformer, params: Params, encoder_input_tokens: 
   logp = jax.nn.log_softmax(logits, axis=-1)
   token_logp = jnp.take_along_axis(logp, target_tokens[:, :, None], axis=-1)[:, :, 0]
   return jnp.sum(token_logp * target_weights.astype(jnp.float32), axis=1)  # [B]
+
+
+def score_labels(model: T5Transformer, params: Params, encoder_input_tokens: Array,
+                 label_tokens: Array, *, task_ids: Array | None = None) -> Array:
+  """Log-likelihood of every label for every example from ONE encoder pass per example.
+
+  Rank classification asks for the likelihood of C label strings given each input. Scoring
+  each (example, label) pair with a full forward pass (`score_sequences` on B*C rows) runs
+  the encoder C times on the same input; here the (prompted) encoder runs once on [B, L],
+  its output is repeated per label, and only the decoder sees B*C rows. The scores equal
+  `score_sequences` on the expanded pairs (to float32 rounding).
+
+  Args:
+    model: the T5 (with or without a prompt module).
+    params: its full parameter tree.
+    encoder_input_tokens: int [B, L], 0 = padding.
+    label_tokens: int [C, T] label targets (each ending in EOS, then 0 padding).
+    task_ids: optional [B] task ids for per-example prompt modules.
+
+  Returns:
+    float32 [B, C]: sum over the label's non-padding positions of log p(token | input,
+    earlier label tokens).
+  """
+  _check_tokens("encoder_input_tokens", encoder_input_tokens)
+  _check_tokens("label_tokens", label_tokens)
+  batch, num_labels = encoder_input_tokens.shape[0], label_tokens.shape[0]
+  encoded, mask = _encode(model, params, encoder_input_tokens, task_ids)  # [B, L', D]
+  encoded = jnp.repeat(encoded, num_labels, axis=0)  # [B*C, L', D], example-major.
+  mask = jnp.repeat(mask, num_labels, axis=0)  # [B*C, L']
+  targets = jnp.tile(label_tokens, (batch, 1))  # [B*C, T]
+  decoder_inputs = shift_right(targets, model.config.decoder_start_token_id)
+  logits = model.apply({"params": params}, encoded, mask, decoder_inputs,
+                       method=model.decode)  # [B*C, T, V]
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  token_logp = jnp.take_along_axis(logp, targets[:, :, None], axis=-1)[:, :, 0]
+  weights = (targets != model.config.pad_token_id).astype(jnp.float32)
+  return jnp.sum(token_logp * weights, axis=1).reshape(batch, num_labels)  # [B, C]

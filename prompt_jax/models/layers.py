@@ -116,22 +116,48 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array, *,
-               deterministic: bool, decode: bool = False) -> Array:
+               deterministic: bool, decode: bool = False,
+               cache_kv_inputs: bool = False) -> Array:
+    """Attention of inputs_q [B, L, D] over inputs_kv [B, S, D] -> [B, L, D].
+
+    `cache_kv_inputs` (cross-attention while decoding): inputs_kv (the encoder output) is
+    the same at every step, so its keys and values are projected once, on the call that
+    allocates the cache, and read from the cache afterwards.
+    """
     d_model = inputs_q.shape[-1]
     hk = self.num_heads * self.d_kv
     # T5's initialisation: query scaled by (d_model * d_kv) ** -0.5, keys / values d_model ** -0.5.
     q_init = nn.initializers.normal((d_model * self.d_kv) ** -0.5)
     kv_init = nn.initializers.normal(d_model ** -0.5)
     out_init = nn.initializers.normal(hk ** -0.5)
+    kernel = lambda name, init: Kernel((d_model, hk), ("embed", "joined_kv"), init,
+                                       name=name)()
 
-    def project(name, x, init):
-      w = Kernel((d_model, hk), ("embed", "joined_kv"), init, name=name)()
-      y = jnp.einsum("BLD,DJ->BLJ", x, w.astype(self.dtype))
-      return y.reshape(*y.shape[:2], self.num_heads, self.d_kv)  # [B, L, H, K]
+    def project(x, *weights):
+      # One matmul for several projections of the same input (Q, K, V of self-attention;
+      # K, V of cross-attention): the kernels are stacked on a new leading axis in the
+      # compute (which keeps each one's `joined_kv` sharding: a concatenation along it would
+      # make a model-sharded mesh exchange the weights every step); the parameter tree keeps
+      # T5X's separate query / key / value.
+      w = jnp.stack(weights).astype(self.dtype)  # [N, D, J]
+      y = jnp.einsum("BLD,NDJ->NBLJ", x, w)
+      y = y.reshape(*y.shape[:3], self.num_heads, self.d_kv)
+      return [y[i] for i in range(len(weights))]  # Each [B, L, H, K].
 
-    query = project("query", inputs_q, q_init)
-    key = project("key", inputs_kv, kv_init)
-    value = project("value", inputs_kv, kv_init)
+    cached = cache_kv_inputs and self.has_variable("cache", "projected_key")
+    if cached:
+      query, = project(inputs_q, kernel("query", q_init))
+      key = self.get_variable("cache", "projected_key")
+      value = self.get_variable("cache", "projected_value")
+    elif inputs_q is inputs_kv:
+      query, key, value = project(inputs_q, kernel("query", q_init), kernel("key", kv_init),
+                                  kernel("value", kv_init))
+    else:
+      query, = project(inputs_q, kernel("query", q_init))
+      key, value = project(inputs_kv, kernel("key", kv_init), kernel("value", kv_init))
+    if cache_kv_inputs and not cached:
+      self.put_variable("cache", "projected_key", key)
+      self.put_variable("cache", "projected_value", value)
     if decode:
       key, value, bias = self._update_cache(key, value, bias)
 
@@ -172,11 +198,16 @@ class MlpBlock(nn.Module):
     d_model = x.shape[-1]
     act = _ACTIVATIONS[self.activation]
     names = ("wi_0", "wi_1") if self.gated else ("wi",)
-    hidden = []
-    for name in names:
-      w = Kernel((d_model, self.d_ff), ("embed", "mlp"),
-                 nn.initializers.normal(d_model ** -0.5), name=name)()
-      hidden.append(jnp.einsum("BLD,DF->BLF", x, w.astype(self.dtype)))
+    ws = [Kernel((d_model, self.d_ff), ("embed", "mlp"),
+                 nn.initializers.normal(d_model ** -0.5), name=name)() for name in names]
+    # Gated: one matmul for wi_0 and wi_1, stacked on a new leading axis in the compute only
+    # (a stack keeps each kernel's `mlp` sharding; a concatenation along `mlp` would make a
+    # model-sharded mesh exchange the weights every step).
+    if len(ws) == 1:
+      hidden = [jnp.einsum("BLD,DF->BLF", x, ws[0].astype(self.dtype))]
+    else:
+      both = jnp.einsum("BLD,NDF->NBLF", x, jnp.stack(ws).astype(self.dtype))
+      hidden = [both[0], both[1]]
     # The FFN neurons' activations (post-nonlinearity, before the gate's product), recorded
     # only when the caller makes `intermediates` mutable (neuron-overlap transferability).
     self.sow("intermediates", "ffn_activation", act(hidden[0]))

@@ -80,7 +80,7 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
+  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
     cfg = self.config
     dt = cfg.activation_dtype
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_attention_layer_norm")(x)
@@ -98,7 +98,7 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, y: Array, encoded: Array, self_bias: Array, cross_bias: Array, *,
+  def __call__(self, y: Array, encoded: Array, self_bias: Array, cross_bias: Array,
                deterministic: bool, decode: bool) -> Array:
     cfg = self.config
     dt = cfg.activation_dtype
@@ -108,7 +108,8 @@ class DecoderLayer(nn.Module):
     h = attn("self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
     y = y + _dropout(h, cfg.dropout_rate, deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(y)
-    h = attn("encoder_decoder_attention")(h, encoded, cross_bias, deterministic=deterministic)
+    h = attn("encoder_decoder_attention")(h, encoded, cross_bias, deterministic=deterministic,
+                                          cache_kv_inputs=decode)
     y = y + _dropout(h, cfg.dropout_rate, deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(y)
     h = MlpBlock(cfg.d_ff, cfg.activation, cfg.is_gated, cfg.dropout_rate, dt, name="mlp")(
@@ -130,8 +131,10 @@ class Encoder(nn.Module):
                                   bidirectional=True, name="relpos_bias")(length, length)
     bias = attention_bias_from_mask(mask[:, None, :, None] & mask[:, None, None, :]) + relpos
     x = _dropout(nn.with_logical_constraint(x, EMBED_AXES), cfg.dropout_rate, deterministic)
+    # nn.remat keeps the parameter names (layers_<i>/...); `deterministic` is static.
+    layer = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
     for i in range(cfg.num_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic=deterministic)
+      x = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
     return _dropout(x, cfg.dropout_rate, deterministic)
 
@@ -157,9 +160,11 @@ class Decoder(nn.Module):
         jnp.broadcast_to(encoder_mask[:, None, None, :],
                          (encoder_mask.shape[0], 1, y.shape[1], encoder_mask.shape[1])))
     y = _dropout(nn.with_logical_constraint(y, EMBED_AXES), cfg.dropout_rate, deterministic)
+    remat = cfg.remat and not decode  # Cached decoding has no backward pass.
+    layer = nn.remat(DecoderLayer, static_argnums=(5, 6)) if remat else DecoderLayer
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias,
-                                                deterministic=deterministic, decode=decode)
+      y = layer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic,
+                                         decode)
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(y)
     y = _dropout(y, cfg.dropout_rate, deterministic)
     if cfg.tie_word_embeddings:

@@ -27,6 +27,7 @@ or batches: `reduce_metrics` divides once.
     loss, metrics = adapter.loss(params, batch, enable_dropout=True, dropout_rng=key)
     tokens = adapter.predict(params, batch["encoder_input_tokens"], max_decode_length=8)
     ll = adapter.score(params, inputs, targets)  # [B] log-likelihoods
+    table = adapter.score_labels(params, inputs, labels)  # [B, C], labels [C, T]
 """
 
 from __future__ import annotations
@@ -203,6 +204,12 @@ class ModelAdapter:
     """Per-example log-likelihood [B] of the targets (rank classification)."""
     return decoding.score_sequences(self.module, params, encoder_input_tokens, target_tokens,
                                     task_ids=task_ids)
+
+  def score_labels(self, params: Any, encoder_input_tokens: Array, label_tokens: Array, *,
+                   task_ids: Array | None = None) -> Array:
+    """Log-likelihood [B, C] of each of C labels [C, T], one encoder pass per example."""
+    return decoding.score_labels(self.module, params, encoder_input_tokens, label_tokens,
+                                 task_ids=task_ids)
 
 
 def as_adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:

@@ -31,12 +31,14 @@ import seqio
 
 from prompt_jax.train import adapter as adapter_lib
 from prompt_jax.train import checkpointing
+from prompt_jax.train import inputs as inputs_lib
 from prompt_jax.train import optimizer as opt_lib
 from prompt_jax.train import partitioning
 from prompt_jax.train import paths
 
 Example = Mapping[str, Any]
-ScoreFn = Callable[[np.ndarray, np.ndarray], Any]
+ScoreFn = Callable[[np.ndarray, np.ndarray], Any]  # (inputs [B, L], targets [B, T]) -> [B]
+LabelScoreFn = Callable[[np.ndarray, np.ndarray], Any]  # (inputs [B, L], labels [C, T]) -> [B, C]
 MODES = ("generation", "rank_classification")
 
 
@@ -138,34 +140,71 @@ def _pad(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
   return out
 
 
-def rank_classify(inputs: Sequence[Sequence[int]], labels: Sequence[str], score_fn: ScoreFn,
-                  vocabulary: seqio.Vocabulary, *, batch_size: int = 32,
-                  input_length: int | None = None) -> tuple[list[str], np.ndarray]:
+def rank_classify(inputs: Sequence[Sequence[int]], labels: Sequence[str],
+                  score_fn: ScoreFn | None, vocabulary: seqio.Vocabulary, *,
+                  batch_size: int = 32, input_length: int | None = None,
+                  label_score_fn: LabelScoreFn | None = None,
+                  bucket_lengths: Sequence[int] | None = None
+                  ) -> tuple[list[str], np.ndarray]:
   """Scores every label for every input; returns argmax labels and the [N, C] scores.
+
+  Two scorers, the same scores:
+
+  * `label_score_fn(inputs [B, L], labels [C, T]) -> [B, C]` (the fast path, what the
+    `Evaluator` uses): one call per `batch_size` examples, which encodes each example once
+    and scores all C labels against that encoder output.
+  * `score_fn(inputs [B, L], targets [B, T]) -> [B]`: one row per (example, label) pair,
+    `batch_size` pairs per call (each pair a full forward pass).
 
   Args:
     inputs: token ids per example (EOS included, no padding).
     labels: the C label strings; each is tokenised and EOS appended.
-    score_fn: `(inputs [B, L], targets [B, T]) -> [B]` log-likelihoods.
+    score_fn: the pair scorer (unused when `label_score_fn` is given; may then be None).
     vocabulary: the task's vocabulary.
-    batch_size: (example, label) pairs per score_fn call; every call has this exact
-      shape (the last batch is filled with repeats), so a jitted score_fn compiles once.
+    batch_size: rows per call; every call has this exact row count (the last batch is
+      filled with repeats), so a jitted scorer compiles once per input length.
     input_length: pad inputs to this length (default: the longest input).
+    label_score_fn: the one-encoder-pass scorer.
+    bucket_lengths: when given, each call's inputs are padded to the smallest of these
+      lengths that fits the call's longest input (at most `input_length`), so short
+      examples do not pay for the longest one.
 
   Returns:
     Predicted label per example (ties go to the earlier label) and the scores.
   """
   if not labels:
     raise ValueError("rank_classify needs at least one label.")
+  if score_fn is None and label_score_fn is None:
+    raise ValueError("rank_classify needs a score_fn or a label_score_fn.")
   label_ids = [list(vocabulary.encode(label)) + [vocabulary.eos_id] for label in labels]
   input_length = input_length or max(len(x) for x in inputs)
   target_length = max(len(t) for t in label_ids)
-  pairs = [(i, c) for i in range(len(inputs)) for c in range(len(labels))]
   scores = np.full((len(inputs), len(labels)), np.nan, np.float64)
+
+  def pad_inputs(rows):
+    longest = max(len(r) for r in rows)
+    length = (input_length if not bucket_lengths or longest > input_length
+              else min([b for b in bucket_lengths if b >= longest] + [input_length]))
+    return _pad(rows, length)
+
+  if label_score_fn is not None:
+    label_table = _pad(label_ids, target_length)  # [C, T]
+    for start in range(0, len(inputs), batch_size):
+      chunk = list(range(start, min(start + batch_size, len(inputs))))
+      filled = chunk + [chunk[0]] * (batch_size - len(chunk))
+      table = np.asarray(label_score_fn(pad_inputs([inputs[i] for i in filled]), label_table),
+                         np.float64)
+      if table.shape != (batch_size, len(labels)):
+        raise ValueError(f"label_score_fn returned shape {table.shape}, expected "
+                         f"({batch_size}, {len(labels)}).")
+      scores[chunk] = table[:len(chunk)]
+    return [labels[j] for j in np.argmax(scores, axis=1)], scores
+
+  pairs = [(i, c) for i in range(len(inputs)) for c in range(len(labels))]
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start:start + batch_size]
     filled = chunk + [chunk[0]] * (batch_size - len(chunk))
-    x = _pad([inputs[i] for i, _ in filled], input_length)  # [B, L]
+    x = pad_inputs([inputs[i] for i, _ in filled])  # [B, L]
     y = _pad([label_ids[c] for _, c in filled], target_length)  # [B, T]
     ll = np.asarray(score_fn(x, y), np.float64)
     if ll.shape != (batch_size,):
@@ -175,9 +214,14 @@ def rank_classify(inputs: Sequence[Sequence[int]], labels: Sequence[str], score_
   return [labels[j] for j in np.argmax(scores, axis=1)], scores
 
 
-def rank_classification(task_name: str, examples: Sequence[Example], score_fn: ScoreFn, *,
-                        batch_size: int = 32, input_length: int | None = None) -> EvalResult:
-  """Rank-classification mode: best label by log-likelihood, then postprocess + metrics."""
+def rank_classification(task_name: str, examples: Sequence[Example], score_fn: ScoreFn | None,
+                        *, batch_size: int = 32, input_length: int | None = None,
+                        label_score_fn: LabelScoreFn | None = None,
+                        bucket_lengths: Sequence[int] | None = None) -> EvalResult:
+  """Rank-classification mode: best label by log-likelihood, then postprocess + metrics.
+
+  The scorers and `bucket_lengths` are those of `rank_classify`.
+  """
   labels = task_labels(task_name)
   if not labels:
     raise ValueError(f"Task {task_name!r} declares no label strings; evaluate it in "
@@ -185,7 +229,9 @@ def rank_classification(task_name: str, examples: Sequence[Example], score_fn: S
   vocabulary = get_task(task_name).output_features["targets"].vocabulary
   inputs = [np.asarray(ex["inputs"]).tolist() for ex in examples]
   predictions, scores = rank_classify(inputs, labels, score_fn, vocabulary,
-                                      batch_size=batch_size, input_length=input_length)
+                                      batch_size=batch_size, input_length=input_length,
+                                      label_score_fn=label_score_fn,
+                                      bucket_lengths=bucket_lengths)
   result = score_predictions(task_name, examples, predictions)
   result.scores = scores
   return result
@@ -193,16 +239,18 @@ def rank_classification(task_name: str, examples: Sequence[Example], score_fn: S
 
 def evaluate(task_name: str, examples: Sequence[Example], *, mode: str,
              predictions: Sequence[str] | None = None, score_fn: ScoreFn | None = None,
-             batch_size: int = 32) -> EvalResult:
-  """Dispatches to generation (`predictions` given) or rank classification (`score_fn`)."""
+             batch_size: int = 32, label_score_fn: LabelScoreFn | None = None) -> EvalResult:
+  """Dispatches to generation (`predictions` given) or rank classification (`score_fn` or
+  `label_score_fn`)."""
   check_mode(mode)
   if mode == "generation":
     if predictions is None:
       raise ValueError("generation mode needs the predicted strings.")
     return score_predictions(task_name, examples, predictions)
-  if score_fn is None:
-    raise ValueError("rank_classification mode needs a score_fn.")
-  return rank_classification(task_name, examples, score_fn, batch_size=batch_size)
+  if score_fn is None and label_score_fn is None:
+    raise ValueError("rank_classification mode needs a score_fn or a label_score_fn.")
+  return rank_classification(task_name, examples, score_fn, batch_size=batch_size,
+                             label_score_fn=label_score_fn)
 
 
 def check_mode(mode: str) -> None:
@@ -238,13 +286,22 @@ def _jitted_score(adapter: adapter_lib.ModelAdapter, mesh=None):
   return _on_mesh(adapter.score, mesh)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_score_labels(adapter: adapter_lib.ModelAdapter, mesh=None):
+  return _on_mesh(adapter.score_labels, mesh)
+
+
 class Evaluator:
   """Evaluates the trainable subtree of one model on fixed examples of several tasks.
 
   Built once (examples loaded, decoding and scoring jitted); called with the trainable
   subtree (any split of the parameters between it and `frozen` works: they are merged
   leaf by leaf). `task_ids` maps each task to the id its examples carry (default: its
-  index in `tasks`), for per-task prompt modules. With a `mesh`, batches are split over
+  index in `tasks`), for per-task prompt modules. `buckets` (default on) pads each batch's
+  inputs to the smallest bucket length that fits it (`prompt_jax.train.inputs`), one
+  compiled shape per bucket; `inputs.FIXED_SHAPES` pads every batch to the feature length.
+  Rank classification encodes each example once and scores every label from that
+  encoder output (`adapter.score_labels`). With a `mesh`, batches are split over
   `data`, the trainable subtree is replicated and the frozen params keep the shardings they
   were loaded with, as in training; every process of a multi-host run calls it alike, and
   process 0 writes the inference files.
@@ -255,9 +312,11 @@ class Evaluator:
                max_examples: int | None = None, mode: str = "generation",
                model_dir: str | None = None, task_ids: Mapping[str, int] | None = None,
                examples: Mapping[str, Sequence[Example]] | None = None,
-               mesh: jax.sharding.Mesh | None = None):
+               mesh: jax.sharding.Mesh | None = None,
+               buckets: inputs_lib.LengthBuckets = inputs_lib.LengthBuckets()):
     check_mode(mode)
     self.mesh = mesh
+    self.buckets = buckets
     self.adapter = adapter_lib.as_adapter(model)
     self.frozen, self.mode, self.model_dir = frozen, mode, model_dir
     self.batch_size = batch_size
@@ -269,6 +328,7 @@ class Evaluator:
                                        max_examples=max_examples) for t in tasks})
     self._decode = _jitted_predict(self.adapter, self.lengths["targets"], mesh)
     self._score = _jitted_score(self.adapter, mesh)
+    self._score_labels = _jitted_score_labels(self.adapter, mesh)
 
   def params(self, trainable: Any) -> Any:
     if self.mesh is not None:
@@ -285,6 +345,13 @@ class Evaluator:
     from prompt_jax.train import builder
     return builder.global_array(rows, partitioning.data_sharding(self.mesh))
 
+  def _replicated(self, rows: np.ndarray) -> jax.Array:
+    """A host array every device reads whole (e.g. the label strings' tokens)."""
+    if self.mesh is None:
+      return jnp.asarray(rows)
+    from prompt_jax.train import builder
+    return builder.global_array(rows, partitioning.replicated(self.mesh))
+
   def _ids(self, task: str, n: int) -> jax.Array:
     return self._put(np.full((n,), self.task_ids[task], np.int32))
 
@@ -297,8 +364,9 @@ class Evaluator:
     for i in range(0, len(exs), self.batch_size):
       chunk = [e["inputs"] for e in exs[i:i + self.batch_size]]
       n = len(chunk)
-      chunk += [chunk[-1]] * (self.batch_size - n)  # One compiled shape.
-      tokens = self._decode(params, self._put(_pad(chunk, self.lengths["inputs"])),
+      chunk += [chunk[-1]] * (self.batch_size - n)  # One compiled shape per bucket.
+      length = self.buckets.bucket(max(len(x) for x in chunk), self.lengths["inputs"])
+      tokens = self._decode(params, self._put(_pad(chunk, length)),
                             task_ids=self._ids(task, self.batch_size))
       out.extend(decode_targets(np.asarray(tokens)[:n], vocab))
     return out
@@ -310,12 +378,21 @@ class Evaluator:
         params, self._put(np.asarray(inputs)), self._put(np.asarray(targets)),
         task_ids=self._ids(task, len(inputs))))
 
+  def label_score_fn(self, trainable: Any, task: str) -> LabelScoreFn:
+    """`(inputs [B, L], labels [C, T]) -> [B, C]` log-likelihoods, one encoder pass each."""
+    params = self.params(trainable)
+    return lambda inputs, labels: np.asarray(self._score_labels(
+        params, self._put(np.asarray(inputs)), self._replicated(np.asarray(labels)),
+        task_ids=self._ids(task, len(inputs))))
+
   def evaluate_task(self, trainable: Any, task: str) -> EvalResult:
     exs = self.examples[task]
     if self.mode == "rank_classification":
       return rank_classification(task, exs, self.score_fn(trainable, task),
                                  batch_size=self.batch_size,
-                                 input_length=self.lengths["inputs"])
+                                 input_length=self.lengths["inputs"],
+                                 label_score_fn=self.label_score_fn(trainable, task),
+                                 bucket_lengths=self.buckets.lengths(self.lengths["inputs"]))
     return score_predictions(task, exs, self.predict(trainable, task))
 
   def __call__(self, trainable: Any, step: int | str) -> dict[str, float]:

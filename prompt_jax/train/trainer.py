@@ -262,6 +262,9 @@ def _loop(run: _Run, writer: MetricsWriter, data: Iterator[Batch], cfg: TrainerC
       last_eval = dict(evaluator(run.host_trainable(), step))
       writer.write(step, "eval", last_eval)
       best = _update_best(cfg, best, step, last_eval, run)
+    if received and not at_ckpt:  # The signal came during this step's eval: save it too.
+      health.check(_reduce(sums), step, run)
+      at_ckpt = True
     if at_ckpt:
       run.save()
     if bar is not None:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from prompt_jax.models import T5Config, T5Transformer
-from prompt_jax.models.decoding import beam_search, greedy_decode, score_sequences
+from prompt_jax.models.decoding import (beam_search, greedy_decode, score_labels,
+                                        score_sequences)
 
 EOS = 1
 B, L, T = 4, 7, 6
@@ -186,6 +187,45 @@ def test_greedy_matches_uncached_reference(name):
   lengths, weights = _lengths_and_weights(tokens)
   assert (lengths < T).any() and (~(tokens == EOS).any(-1)).any(), tokens
   assert (tokens[~weights] == 0).all()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_greedy_early_stop_equals_the_fixed_length_decode(name):
+  _, params, enc, task_ids = _case(name)
+  early = _jitted(name, greedy_decode, max_decode_length=T)(params, enc, task_ids=task_ids)
+  fixed = _jitted(name, greedy_decode, max_decode_length=T, early_stop=False)(
+      params, enc, task_ids=task_ids)
+  np.testing.assert_array_equal(early, fixed)
+  # A batch whose every row ends before T: the early-stopping loop ends early there.
+  ends = np.asarray(early)[:, :T - 1] == EOS
+  rows = np.flatnonzero(ends.any(-1))
+  assert len(rows) >= 1
+  # Own jitted copies: this batch shape must not add entries to the shared functions'
+  # caches (test_decoding_compiles_once counts them).
+  model = _case(name)[0]
+  sub_ids = None if task_ids is None else task_ids[rows]
+  sub = _jit(functools.partial(greedy_decode, model, max_decode_length=T))(
+      params, enc[rows], task_ids=sub_ids)
+  sub_fixed = _jit(functools.partial(greedy_decode, model, max_decode_length=T,
+                                     early_stop=False))(params, enc[rows], task_ids=sub_ids)
+  np.testing.assert_array_equal(sub, sub_fixed)
+  np.testing.assert_array_equal(sub, np.asarray(early)[rows])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_score_labels_equals_one_forward_per_pair(name):
+  model, params, enc, task_ids = _case(name)
+  rng = np.random.RandomState(4)
+  labels = rng.randint(2, model.config.vocab_size, (3, T)).astype(np.int32)  # [C, T]
+  labels[0, 2], labels[0, 3:] = EOS, 0  # Labels of unequal lengths, padded.
+  labels[1, 4], labels[1, 5:] = EOS, 0
+  table = np.asarray(_jitted(name, score_labels)(params, enc, labels, task_ids=task_ids))
+  assert table.shape == (B, 3)
+  rows, cols = np.repeat(np.arange(B), 3), np.tile(np.arange(3), B)
+  pairs = _jitted(name, score_sequences)(
+      params, enc[rows], labels[cols], task_ids=None if task_ids is None else task_ids[rows])
+  np.testing.assert_allclose(table, np.asarray(pairs).reshape(B, 3), rtol=1e-5, atol=1e-5)
+  assert np.ptp(table, axis=1).min() > 1e-3  # The labels really score differently.
 
 
 def test_greedy_rejects_unbatched_inputs():

@@ -139,3 +139,59 @@ def test_load_examples_reads_a_split_in_order(prepared):
     loaded = evaluation.load_examples("glue_rte_noprefix", "validation", max_examples=2)
   assert [ex["inputs_pretokenized"] for ex in loaded] == [b"sentence1: s0. sentence2: h.",
                                                           b"sentence1: s1. sentence2: h."]
+
+
+def test_rank_classify_label_table_path_matches_the_pair_path():
+  vocabulary = data_lib.get_vocabulary("t5")
+  labels = ("entailment", "not_entailment")
+  first = [vocabulary.encode(label)[0] for label in labels]
+  inputs = [[5, 1], [6, 7, 8, 1], [7, 1]]
+  table = {(5, first[0]): -1.0, (5, first[1]): -2.0, (6, first[0]): -3.0,
+           (6, first[1]): -0.5, (7, first[0]): -4.0, (7, first[1]): -4.5}
+  pair_fn = _lookup_score_fn(table, [])
+  calls = []
+
+  def label_fn(x, label_table):  # [B, L], [C, T] -> [B, C]
+    calls.append((x.shape, label_table.shape))
+    return np.stack([pair_fn(x, np.repeat(label_table[c:c + 1], len(x), 0))
+                     for c in range(len(label_table))], axis=1)
+
+  want = evaluation.rank_classify(inputs, labels, pair_fn, vocabulary, batch_size=4)
+  got = evaluation.rank_classify(inputs, labels, None, vocabulary, batch_size=2,
+                                 input_length=16, label_score_fn=label_fn,
+                                 bucket_lengths=(2, 4, 8, 16))
+  assert got[0] == want[0]
+  np.testing.assert_array_equal(got[1], want[1])
+  target_len = max(len(vocabulary.encode(label)) + 1 for label in labels)
+  # 3 examples, 2 per call; each call padded to its own bucket (longest 4, then 2).
+  assert calls == [((2, 4), (2, target_len)), ((2, 2), (2, target_len))]
+  with pytest.raises(ValueError, match="score_fn or a label_score_fn"):
+    evaluation.rank_classify(inputs, labels, None, vocabulary)
+
+
+@pytest.mark.slow
+def test_evaluator_rank_classification_equals_one_forward_per_pair():
+  from prompt_jax.train import inputs as inputs_lib
+  vocabulary = data_lib.get_vocabulary("t5")
+  model = T5Transformer(tiny_config(vocab_size=32128))
+  tokens = jnp.ones((1, 1), jnp.int32)
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(3), tokens, tokens))
+  rng = np.random.default_rng(5)
+  params = jax.tree.map(lambda s: np.asarray(rng.normal(0, 0.5, s.shape), np.float32),
+                        shapes["params"])
+  texts = ["rte sentence1: a sentence2: b", "rte sentence1: the cat sat on the mat sentence2: c",
+           "rte sentence1: x sentence2: y z"]
+  examples = [_example(vocabulary, t, "entailment") for t in texts]
+  lengths = {"inputs": 32, "targets": 8}
+  ev = evaluation.Evaluator(model, params, ["glue_rte"], split="", feature_lengths=lengths,
+                            batch_size=2, mode="rank_classification",
+                            examples={"glue_rte": examples},
+                            buckets=inputs_lib.LengthBuckets(min_length=8))
+  fast = ev.evaluate_task({}, "glue_rte")
+  # The old path: one full forward pass per (example, label) pair, full-length padding.
+  inputs = [np.asarray(ex["inputs"]).tolist() for ex in examples]
+  _, slow = evaluation.rank_classify(inputs, data_lib.task_labels("glue_rte"),
+                                     ev.score_fn({}, "glue_rte"), vocabulary, batch_size=4,
+                                     input_length=lengths["inputs"])
+  assert fast.scores.shape == (3, 2) and np.all(np.isfinite(fast.scores))
+  np.testing.assert_allclose(fast.scores, slow, rtol=1e-5, atol=1e-5)
