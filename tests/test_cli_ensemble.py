@@ -16,7 +16,7 @@ def _argv(command, model_dir, *extra):
              "infer": ("runs/prompt_infer.gin", "infer")}[command]
   return [command, *TINY, f"--gin_file={run}", f"--gin.MODEL_DIR='{model_dir}'",
           f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.INITIAL_CHECKPOINT_PATH='{T5X_TINY}'",
-          "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 6}",
+          "--gin.BATCH_SIZE=8", "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 6}",
           f"--gin.{fn}.max_examples=5", *extra]
 
 
