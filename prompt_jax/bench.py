@@ -75,7 +75,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -316,50 +315,6 @@ def build_train_step(mode: str, cfg: BenchConfig):
   return fn.lower(state, frozen, batch).compile(options), state, frozen, batch, counts
 
 
-class PeftRunner:
-  """HF PEFT prompt tuning of a random T5 of the same shape (AdamW on the prompt)."""
-
-  def __init__(self, cfg: BenchConfig):
-    import peft
-    import torch
-    import transformers
-
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(available_cores())
-    mc = model_config(cfg)
-    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**mc.to_hf_dict()))
-    if model.lm_head.weight is model.shared.weight:  # transformers >= 5 ties by default.
-      model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
-    # One submodule: the prompt goes in front of the encoder input only, as ours does (and as
-    # Lester et al.). PEFT's seq2seq default (2) also prepends P tokens to the decoder input,
-    # a different method that does more work per step.
-    config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM,
-                                     num_virtual_tokens=cfg.prompt_length,
-                                     num_transformer_submodules=1)
-    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5.
-      warnings.simplefilter("ignore", FutureWarning)
-      self.model = peft.get_peft_model(model, config)
-    self.model.train()  # Dropout on, as in our steps.
-    trainable = [p for p in self.model.parameters() if p.requires_grad]
-    logging.info("peft: %d trainable parameters, torch threads %d",
-                 sum(p.numel() for p in trainable), torch.get_num_threads())
-    self.optimizer = torch.optim.AdamW(trainable, lr=0.3)
-    batch = synthetic_batch(cfg, mc.vocab_size)
-    self.inputs = {"input_ids": torch.from_numpy(batch["encoder_input_tokens"].astype(np.int64)),
-                   "labels": torch.from_numpy(batch["decoder_target_tokens"].astype(np.int64))}
-    self.inputs["attention_mask"] = torch.ones_like(self.inputs["input_ids"])
-
-  def step(self) -> float:
-    start = time.perf_counter()
-    self.optimizer.zero_grad(set_to_none=True)
-    self.model(**self.inputs).loss.backward()
-    self.optimizer.step()
-    return time.perf_counter() - start
-
-  def summary(self) -> dict[str, float]:
-    return {"peak_rss_mb": peak_rss_mb()}
-
-
 DROPOUT_0 = "_dropout_0"  # Suffix: the same mode or peer with dropout off.
 REMAT = "_remat"  # Suffix: the same mode with per-layer rematerialisation.
 
@@ -374,7 +329,7 @@ def make_runner(name: str, cfg: BenchConfig) -> Runner:
   if name in ALL_CASES:
     return bench_cases.make_runner(name, cfg)
   if name == PEER_MODE:
-    return PeftRunner(cfg)
+    return bench_cases.PeftRunner(cfg)
   if name == MATMUL:
     return MatmulRunner(cfg.matmul_size)
   return JaxStepRunner(name, cfg)

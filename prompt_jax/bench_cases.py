@@ -1,4 +1,4 @@
-"""The `prompt-jax bench` cases beyond the training step: evaluation, length bucketing, peak.
+"""The `prompt-jax bench` cases beyond our training step: the PEFT peer, evaluation, buckets, peak.
 
 Each case is a set of runners (`step()` -> seconds, `summary()` -> figures) that
 `prompt_jax.bench` times in its interleaved rounds, beside its own modes and peers:
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -367,3 +368,49 @@ def assemble_cases(cfg, seconds, summaries) -> dict[str, Any]:
       section["speedup_vs_peft"] = section["examples_per_s"] / section["peft_examples_per_s"]
     out["bucketing"] = section
   return out
+
+
+class PeftRunner:
+  """HF PEFT prompt tuning of a random T5 of the same shape (AdamW on the prompt)."""
+
+  def __init__(self, cfg: Any):
+    import peft
+    import torch
+    import transformers
+    from prompt_jax.bench import available_cores, model_config, synthetic_batch
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(available_cores())
+    mc = model_config(cfg)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**mc.to_hf_dict()))
+    if model.lm_head.weight is model.shared.weight:  # transformers >= 5 ties by default.
+      model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
+    # One submodule: the prompt goes in front of the encoder input only, as ours does (and as
+    # Lester et al.). PEFT's seq2seq default (2) also prepends P tokens to the decoder input,
+    # a different method that does more work per step.
+    config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM,
+                                     num_virtual_tokens=cfg.prompt_length,
+                                     num_transformer_submodules=1)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5.
+      warnings.simplefilter("ignore", FutureWarning)
+      self.model = peft.get_peft_model(model, config)
+    self.model.train()  # Dropout on, as in our steps.
+    trainable = [p for p in self.model.parameters() if p.requires_grad]
+    logging.info("peft: %d trainable parameters, torch threads %d",
+                 sum(p.numel() for p in trainable), torch.get_num_threads())
+    self.optimizer = torch.optim.AdamW(trainable, lr=0.3)
+    batch = synthetic_batch(cfg, mc.vocab_size)
+    self.inputs = {"input_ids": torch.from_numpy(batch["encoder_input_tokens"].astype(np.int64)),
+                   "labels": torch.from_numpy(batch["decoder_target_tokens"].astype(np.int64))}
+    self.inputs["attention_mask"] = torch.ones_like(self.inputs["input_ids"])
+
+  def step(self) -> float:
+    start = time.perf_counter()
+    self.optimizer.zero_grad(set_to_none=True)
+    self.model(**self.inputs).loss.backward()
+    self.optimizer.step()
+    return time.perf_counter() - start
+
+  def summary(self) -> dict[str, float]:
+    from prompt_jax.bench import peak_rss_mb
+    return {"peak_rss_mb": peak_rss_mb()}

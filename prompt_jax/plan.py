@@ -20,7 +20,6 @@ of the same partitioned program, not a TPU measurement.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -88,22 +87,10 @@ def _target_devices(devices: int, topology: str | None) -> list[Any]:
 def _shape_only(module: Any) -> Any:
   """A prompt module whose pretrained-dependent initializers become shape-equal stand-ins."""
   from prompt_jax.prompts import initializers
-  if module is None or not dataclasses.is_dataclass(module):
-    return module
-  updates = {}
-  for field in dataclasses.fields(module):
-    if field.name in ("parent", "name"):
-      continue
-    value = getattr(module, field.name, None)
-    if isinstance(value, initializers._NeedsPretrained):  # pylint: disable=protected-access
-      updates[field.name] = initializers.RandomUniform()
-    elif hasattr(value, "clone") and dataclasses.is_dataclass(value):
-      inner = _shape_only(value)
-      if inner is not value:
-        updates[field.name] = inner
+  module = initializers.map_initializer_specs(module, lambda _: initializers.RandomUniform())
   if getattr(module, "num_tasks", None) == 0:
-    updates["num_tasks"] = 1
-  return module.clone(**updates) if updates else module
+    module = module.clone(num_tasks=1)
+  return module
 
 
 def hlo_collectives(hlo: str) -> dict[str, dict[str, int]]:

@@ -371,11 +371,11 @@ class FromRun:
     return from_npy(self.check())(key, shape, dtype)
 
 
-def bind_initializers(module: Any, pretrained: Pretrained) -> Any:
-  """A clone of a (prompt) module with every initializer spec bound to `pretrained`.
+def map_initializer_specs(module: Any, fn: Callable[[Any], Any]) -> Any:
+  """A clone of a (prompt) module with every pretrained-dependent spec replaced by `fn(spec)`.
 
-  Looks at the module's dataclass fields: a spec (anything with `bind`) is replaced by
-  `spec.bind(pretrained)`; a nested module is bound recursively. Plain initializers stay.
+  Looks at the module's dataclass fields: a spec (anything with `bind`) is replaced; a nested
+  module is mapped recursively. Plain initializers stay.
   """
   if module is None or not dataclasses.is_dataclass(module):
     return module
@@ -385,9 +385,14 @@ def bind_initializers(module: Any, pretrained: Pretrained) -> Any:
       continue
     value = getattr(module, field.name, None)
     if isinstance(value, _NeedsPretrained):
-      updates[field.name] = value.bind(pretrained)
+      updates[field.name] = fn(value)
     elif hasattr(value, "clone") and dataclasses.is_dataclass(value):
-      bound = bind_initializers(value, pretrained)
-      if bound is not value:
-        updates[field.name] = bound
+      mapped = map_initializer_specs(value, fn)
+      if mapped is not value:
+        updates[field.name] = mapped
   return module.clone(**updates) if updates else module
+
+
+def bind_initializers(module: Any, pretrained: Pretrained) -> Any:
+  """A clone of a (prompt) module with every initializer spec bound to `pretrained`."""
+  return map_initializer_specs(module, lambda spec: spec.bind(pretrained))

@@ -133,11 +133,12 @@ class OptimizerConfig:
   Adafactor as in Lester et al. / the reference implementation (constant LR 0.3): the
   `decay_rate` ... `min_dim_size_to_factor` fields.
 
-  AdamW as in the IPT authors' code (`kind="adamw"`): a linear warmup from 0 over
+  AdamW (`kind="adamw"`; the setting of methods trained with transformers-style optimizers,
+  e.g. gin/methods/ipt_*.gin): a linear warmup from 0 over
   `warmup_fraction` of `total_steps` (or `warmup_steps` when > 0), then a linear decay to 0
   at `total_steps`, gradients clipped to global norm `max_grad_norm` first (the norm is over
   this group's leaves: with one trainable group, the global norm). `adamw_weight_decay` is
-  decoupled weight decay (their code: none). `total_steps` is required (gin: bind it to
+  decoupled weight decay (default: none). `total_steps` is required (gin: bind it to
   %TRAIN_STEPS).
   """
   learning_rate: float = 0.3
@@ -201,8 +202,8 @@ def adafactor(config: OptimizerConfig) -> optax.GradientTransformation:
 def warmup_linear_decay(config: OptimizerConfig) -> optax.Schedule:
   """0 -> learning_rate over the warmup, then linearly to 0 at total_steps (then 0).
 
-  The shape of transformers' `get_linear_schedule_with_warmup`, which the IPT authors' code
-  uses: the first update (count 0) has learning rate 0 when there is a warmup.
+  The shape of transformers' `get_linear_schedule_with_warmup`: the first update (count 0)
+  has learning rate 0 when there is a warmup.
   """
   warmup, total, lr = config.resolved_warmup_steps(), config.total_steps, config.learning_rate
   decay = optax.linear_schedule(lr, 0.0, total - warmup)
