@@ -230,7 +230,7 @@ class PeftBucketRunner:
     import torch
     from prompt_jax import bench
     self.torch = torch
-    self.peft = bench.PeftRunner(cfg)
+    self.peft = PeftRunner(cfg)
     self.batches = []
     for b in length_batches(cfg, bench.model_config(cfg).vocab_size):
       enc_len = int((b["encoder_input_tokens"] > 0).sum(1).max())
