@@ -59,6 +59,23 @@ def precision(param_dtype: str = "float32", dtype: str = "float32") -> dict[str,
   return {"param_dtype": param_dtype, "dtype": dtype}
 
 
+@gin.configurable
+def mesh_layout(dcn_mesh_shape: Sequence[int] | None = None) -> tuple[int, ...] | None:
+  """Where the processes of a multi-process job sit on the mesh (DCN_MESH_SHAPE).
+
+  None (the default): devices in id order, so processes fill `data` first. `(p_data,
+  p_model)`: p_data processes along `data`, p_model along `model` (their product is the
+  process count); see `partitioning.make_mesh`. Not part of a run's identity: a run saved
+  by two processes resumes on one (with DCN_MESH_SHAPE unset), and vice versa.
+  """
+  if dcn_mesh_shape is None:
+    return None
+  if not isinstance(dcn_mesh_shape, (list, tuple)):
+    raise UserError(f"DCN_MESH_SHAPE={dcn_mesh_shape!r} must be None or (processes along "
+                    "data, processes along model), e.g. --gin.DCN_MESH_SHAPE='(1, 2)'.")
+  return tuple(dcn_mesh_shape)
+
+
 def _precision_identity() -> dict[str, Any]:
   """Non-default precision settings, for the run's identity (defaults leave it as before)."""
   chosen = precision()
@@ -151,6 +168,19 @@ def validate_mesh(num_partitions: Any, batch_size: Any) -> None:
   if batch_size % data:
     raise UserError(f"BATCH_SIZE={batch_size} must be divisible by the data-parallel size "
                     f"{data} ({devices} devices / NUM_PARTITIONS={num_partitions}).")
+  dcn = mesh_layout()
+  if dcn is not None:
+    try:
+      partitioning.check_dcn_mesh_shape((data, num_partitions), dcn, jax.process_count())
+    except ValueError as e:
+      raise UserError(f"{e} (--gin.DCN_MESH_SHAPE=...)") from None
+
+
+def make_mesh(num_partitions: int) -> jax.sharding.Mesh:
+  """The run's mesh (NUM_PARTITIONS, DCN_MESH_SHAPE), logged once per process."""
+  mesh = partitioning.make_mesh(num_partitions, dcn_mesh_shape=mesh_layout())
+  multihost.log_topology(mesh)
+  return mesh
 
 
 def validate_prompt(prompt: nn.Module | None) -> None:
@@ -321,8 +351,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
               "batch_size": batch_size, "seed": seed, "prompt": run_dir.describe(prompt),
               "param_rules": run_dir.describe(groups.rules),
               "loss_terms": [name for name, _ in loss_terms], **_precision_identity()}
-  mesh = partitioning.make_mesh(num_partitions)
-  multihost.log_topology(mesh)
+  mesh = make_mesh(num_partitions)
   with run_dir.RunDirLock(model_dir):
     run_dir.check_identity(model_dir, identity, resuming=_resuming(model_dir))
     write_config(model_dir)
@@ -474,7 +503,7 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   write_config(model_dir)
   if prompt_files is not None:
     files, ens = _ensemble_evaluator(
-        initial_checkpoint_path, prompt_files, placement, mixture_or_task_name,
+        initial_checkpoint_path, prompt_files, placement, mixture_or_task_name, mesh,
         split=split, feature_lengths=task_feature_lengths, batch_size=batch_size,
         max_examples=max_examples, mode=mode, vote=ensemble_vote)
     metrics, _ = ens(model_dir, "eval")
@@ -523,13 +552,14 @@ def _check_prompt_args(prompt_file: str | None, prompt_files: Any, offset_file: 
 
 
 def _ensemble_evaluator(checkpoint: str, prompt_files: Any, placement: str, task_name: str,
-                        **kwargs: Any):
-  """(member files, `EnsembleEvaluator`) for `pretrained + PROMPT_FILES`."""
+                        mesh: jax.sharding.Mesh, **kwargs: Any):
+  """(member files, `EnsembleEvaluator`) for `pretrained + PROMPT_FILES`, loaded onto and
+  run on `mesh` as a single prompt's eval is."""
   from prompt_jax.train import ensemble as ensemble_lib
   files = ensemble_lib.resolve_prompt_files(prompt_files)
   members = ensemble_lib.load_members(files)
   names = inputs.task_names(task_name)
-  base, frozen = _load(checkpoint, architecture())
+  base, frozen = _load(checkpoint, architecture(), mesh)
   d = base.config.d_model
   if members.shape[-1] != d or (members.ndim == 4 and members.shape[1] != len(names)):
     raise UserError(f"The ensemble's prompt files have shape {members.shape[1:]}; the model "
@@ -537,7 +567,7 @@ def _ensemble_evaluator(checkpoint: str, prompt_files: Any, placement: str, task
                     f"{task_name}).")
   logging.info("Ensemble of %d prompts in one pass: %s", len(files), [str(f) for f in files])
   return files, ensemble_lib.EnsembleEvaluator(base.config, frozen, members, names,
-                                               placement=placement, **kwargs)
+                                               placement=placement, mesh=mesh, **kwargs)
 
 
 @gin.configurable
@@ -562,11 +592,12 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   if prompt_files is not None:
     from prompt_jax.train import ensemble as ensemble_lib
     _, ens = _ensemble_evaluator(
-        initial_checkpoint_path, prompt_files, placement, mixture_or_task_name, split=split,
-        feature_lengths=task_feature_lengths, batch_size=batch_size,
+        initial_checkpoint_path, prompt_files, placement, mixture_or_task_name, mesh,
+        split=split, feature_lengths=task_feature_lengths, batch_size=batch_size,
         max_examples=max_examples, vote=ensemble_vote, with_metrics=False)
-    return [ensemble_lib.write_inference(model_dir, task, "infer", ens.examples[task],
-                                         ens.evaluate_task(task)) for task in ens.examples]
+    results = {task: ens.evaluate_task(task) for task in ens.examples}  # Every process.
+    return [ensemble_lib.write_inference(model_dir, task, "infer", ens.examples[task], result)
+            for task, result in results.items() if multihost.is_primary()]
   model, frozen, trainable, names = _prompted_from_file(
       initial_checkpoint_path, prompt_file, placement, mixture_or_task_name, offset_file, mesh)
   written = []
@@ -586,6 +617,4 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 def _eval_mesh(num_partitions: Any, batch_size: int) -> jax.sharding.Mesh:
   """The eval / infer mesh (its batches split over `data`, as in training)."""
   validate_mesh(num_partitions, batch_size)
-  mesh = partitioning.make_mesh(num_partitions)
-  multihost.log_topology(mesh)
-  return mesh
+  return make_mesh(num_partitions)

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from prompt_jax.train import paths
+from prompt_jax.train import multihost, paths
 from prompt_jax.train.step import TrainState
 
 
@@ -47,7 +47,7 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, state: TrainState, meta: dict[str, Any]) -> None:
-    step = int(jax.device_get(state.step))
+    step = int(multihost.to_host(state.step))
     tree = flax.serialization.to_state_dict(state)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))

@@ -38,12 +38,11 @@ import pathlib
 from typing import Any, Hashable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prompt_jax.prompts import PromptBank, initializers
 from prompt_jax.train import adapter as adapter_lib
-from prompt_jax.train import evaluation
+from prompt_jax.train import evaluation, multihost
 
 Example = Mapping[str, Any]
 VOTES = ("majority", "loglik")
@@ -248,16 +247,6 @@ def format_table(metrics: Mapping[str, float], num_members: int) -> str:
 # The one-pass evaluator.
 
 
-@functools.lru_cache(maxsize=8)
-def _jit_predict(adapter: adapter_lib.ModelAdapter, max_decode_length: int):
-  return jax.jit(functools.partial(adapter.predict, max_decode_length=max_decode_length))
-
-
-@functools.lru_cache(maxsize=8)
-def _jit_score(adapter: adapter_lib.ModelAdapter):
-  return jax.jit(adapter.score)
-
-
 def _batched(fn, rows: Sequence[tuple], batch_size: int) -> np.ndarray:
   """`fn(chunk)` over fixed-size chunks (the last filled with repeats), outputs stacked."""
   out = []
@@ -293,7 +282,8 @@ class EnsembleEvaluator:
                mode: str = "generation", vote: str = "majority", placement: str = "prefix",
                split: str = "validation", max_examples: int | None = None,
                examples: Mapping[str, Sequence[Example]] | None = None,
-               task_ids: Mapping[str, int] | None = None, with_metrics: bool = True):
+               task_ids: Mapping[str, int] | None = None, with_metrics: bool = True,
+               mesh: jax.sharding.Mesh | None = None):
     from prompt_jax.models.t5 import T5Transformer
     evaluation.check_mode(mode)
     check_vote(vote)
@@ -301,7 +291,8 @@ class EnsembleEvaluator:
     self.tasks_per_member = members.shape[1] if members.ndim == 4 else 1
     module, self.trainable = bank(members, placement)
     self.adapter = adapter_lib.ModelAdapter(T5Transformer(config, prompt=module))
-    self.params = {**frozen, **self.trainable}
+    self.mesh = mesh
+    self.params = evaluation.put_params(frozen, self.trainable, mesh)
     self.mode, self.vote, self.batch_size = mode, vote, batch_size
     self.with_metrics = with_metrics
     self.lengths = dict(feature_lengths)
@@ -319,28 +310,31 @@ class EnsembleEvaluator:
     """Log-likelihoods [R] of (inputs, target ids, bank row) rows."""
     if not rows:
       return np.zeros((0,), np.float64)
-    score = _jit_score(self.adapter)
+    score = evaluation.jitted_score(self.adapter, self.mesh)
     target_length = max(len(t) for _, t, _ in rows)
 
     def fn(chunk):
       x = evaluation._pad([r[0] for r in chunk], self.lengths["inputs"])
       y = evaluation._pad([r[1] for r in chunk], target_length)
       ids = np.asarray([r[2] for r in chunk], np.int32)
-      return score(self.params, jnp.asarray(x), jnp.asarray(y), task_ids=jnp.asarray(ids))
+      put = functools.partial(evaluation.put_rows, mesh=self.mesh)
+      return score(self.params, put(x), put(y), task_ids=put(ids))
 
     return _batched(fn, rows, self.batch_size).astype(np.float64)
 
   def predict_tokens(self, task: str) -> np.ndarray:
     """Greedy tokens of every member in one pass: [M, E, T]."""
     exs, m = self.examples[task], self.num_members
-    decode = _jit_predict(self.adapter, self.lengths["targets"])
+    decode = evaluation.jitted_predict(
+        self.adapter, self.lengths["targets"], self.mesh)
     copies = [ex for ex in exs for _ in range(m)]  # Row e * M + m: example e, member m.
     rows = [(ex["inputs"], int(i)) for ex, i in zip(copies, self._ids(task))]
 
     def fn(chunk):
       x = evaluation._pad([r[0] for r in chunk], self.lengths["inputs"])
-      ids = jnp.asarray([r[1] for r in chunk], jnp.int32)
-      return decode(self.params, jnp.asarray(x), task_ids=ids)
+      ids = np.asarray([r[1] for r in chunk], np.int32)
+      put = functools.partial(evaluation.put_rows, mesh=self.mesh)
+      return decode(self.params, put(x), task_ids=put(ids))
 
     tokens = _batched(fn, rows, self.batch_size)  # [E * M, T]
     return tokens.reshape(len(exs), m, -1).transpose(1, 0, 2)
@@ -423,7 +417,7 @@ class EnsembleEvaluator:
     for task in self.examples:
       result = results[task] = self.evaluate_task(task)
       metrics.update({f"{task}/{k}": float(v) for k, v in result.metrics().items()})
-      if model_dir is not None:
+      if model_dir is not None and multihost.is_primary():
         write_inference(model_dir, task, step, self.examples[task], result)
     return metrics, results
 

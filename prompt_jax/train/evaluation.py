@@ -267,6 +267,27 @@ def decode_targets(tokens: np.ndarray, vocabulary: seqio.Vocabulary) -> list[str
   return out
 
 
+def put_rows(rows: np.ndarray, mesh: jax.sharding.Mesh | None, *,
+             replicated: bool = False) -> jax.Array:
+  """A host batch [B, ...] (the same in every process) as an array for the jitted fns:
+  split over `data` on a mesh (whole on every device with `replicated`)."""
+  if mesh is None:
+    return jnp.asarray(rows)
+  from prompt_jax.train import builder  # Local: builder imports the step, not us.
+  sharding = partitioning.replicated(mesh) if replicated else partitioning.data_sharding(mesh)
+  return builder.global_array(rows, sharding)
+
+
+def put_params(frozen: Any, trainable: Any, mesh: jax.sharding.Mesh | None) -> Any:
+  """frozen (as loaded: sharded on the mesh) + trainable (replicated on the mesh)."""
+  if mesh is not None:
+    from prompt_jax.train import builder
+    repl = partitioning.replicated(mesh)
+    trainable = builder.put_global(trainable, jax.tree_util.tree_map(lambda _: repl,
+                                                                     trainable))
+  return opt_lib.merge_params(frozen, trainable)
+
+
 def _on_mesh(fn, mesh):
   """Jitted; on a mesh, traced under its logical-axis rules with replicated outputs (every
   process reads them whole). Inputs arrive placed (`Evaluator._put`)."""
@@ -276,18 +297,18 @@ def _on_mesh(fn, mesh):
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_predict(adapter: adapter_lib.ModelAdapter, max_decode_length: int, mesh=None):
+def jitted_predict(adapter: adapter_lib.ModelAdapter, max_decode_length: int, mesh=None):
   """One jitted decoder per (adapter, T, mesh): equal adapters share compiled executables."""
   return _on_mesh(functools.partial(adapter.predict, max_decode_length=max_decode_length), mesh)
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_score(adapter: adapter_lib.ModelAdapter, mesh=None):
+def jitted_score(adapter: adapter_lib.ModelAdapter, mesh=None):
   return _on_mesh(adapter.score, mesh)
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_score_labels(adapter: adapter_lib.ModelAdapter, mesh=None):
+def jitted_score_labels(adapter: adapter_lib.ModelAdapter, mesh=None):
   return _on_mesh(adapter.score_labels, mesh)
 
 
@@ -326,31 +347,19 @@ class Evaluator:
     self.examples = ({t: list(examples[t]) for t in tasks} if examples is not None else
                      {t: load_examples(t, split, feature_lengths=self.lengths,
                                        max_examples=max_examples) for t in tasks})
-    self._decode = _jitted_predict(self.adapter, self.lengths["targets"], mesh)
-    self._score = _jitted_score(self.adapter, mesh)
-    self._score_labels = _jitted_score_labels(self.adapter, mesh)
+    self._decode = jitted_predict(self.adapter, self.lengths["targets"], mesh)
+    self._score = jitted_score(self.adapter, mesh)
+    self._score_labels = jitted_score_labels(self.adapter, mesh)
 
   def params(self, trainable: Any) -> Any:
-    if self.mesh is not None:
-      from prompt_jax.train import builder  # Local: builder imports the step, not us.
-      repl = partitioning.replicated(self.mesh)
-      trainable = builder.put_global(trainable, jax.tree_util.tree_map(lambda _: repl,
-                                                                       trainable))
-    return opt_lib.merge_params(self.frozen, trainable)
+    return put_params(self.frozen, trainable, self.mesh)
 
   def _put(self, rows: np.ndarray) -> jax.Array:
-    """A host batch [B, ...] (the same in every process) as an array for the jitted fns."""
-    if self.mesh is None:
-      return jnp.asarray(rows)
-    from prompt_jax.train import builder
-    return builder.global_array(rows, partitioning.data_sharding(self.mesh))
+    return put_rows(rows, self.mesh)
 
   def _replicated(self, rows: np.ndarray) -> jax.Array:
     """A host array every device reads whole (e.g. the label strings' tokens)."""
-    if self.mesh is None:
-      return jnp.asarray(rows)
-    from prompt_jax.train import builder
-    return builder.global_array(rows, partitioning.replicated(self.mesh))
+    return put_rows(rows, self.mesh, replicated=True)
 
   def _ids(self, task: str, n: int) -> jax.Array:
     return self._put(np.full((n,), self.task_ids[task], np.int32))

@@ -154,9 +154,12 @@ _LOGGED: set[str] = set()
 def log_topology(mesh: jax.sharding.Mesh) -> str:
   """Logs (once per process and mesh) this process's index, devices and the mesh."""
   local = [d.id for d in jax.local_devices()]
+  ids = np.vectorize(lambda d: d.id, otypes=[int])(mesh.devices)
+  where = [tuple(int(i) for i in p) for p in np.argwhere(np.isin(ids, local))]
   line = (f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} "
           f"local {jax.default_backend()} devices {local} of {jax.device_count()}; mesh "
-          f"{dict(mesh.shape)} ({'x'.join(str(s) for s in mesh.devices.shape)})")
+          f"{dict(mesh.shape)} ({'x'.join(str(s) for s in mesh.devices.shape)}), this "
+          f"process at (data, model) {where}")
   if line not in _LOGGED:
     _LOGGED.add(line)
     (logging.warning if jax.process_count() > 1 else logging.info)("%s", line)

@@ -39,18 +39,29 @@ def logical_axis_rules() -> tuple[tuple[str, str | None], ...]:
   )
 
 
-def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None,
+              dcn_mesh_shape: Sequence[int] | None = None) -> Mesh:
   """A (data, model) mesh: model-parallel size `num_partitions`, data-parallel the rest.
 
   On a platform with a physical topology (TPU, GPU) the device grid comes from
   `jax.experimental.mesh_utils.create_device_mesh`, so the `model` axis runs over
-  neighbouring chips; elsewhere (CPU, emulated devices) devices keep their id order.
+  neighbouring chips; elsewhere (CPU, emulated devices) devices keep their id order, so the
+  processes of a multi-process job fill `data` first (each holds whole `data` rows when
+  its devices cover `model`).
+
+  `dcn_mesh_shape` = (processes along `data`, processes along `model`) places the processes
+  explicitly, as T5X's and MaxText's DCN mesh shapes do: each process then holds a
+  `(data / dcn[0], model / dcn[1])` block (`mesh_utils.create_hybrid_device_mesh` with the
+  process as the granule). E.g. 2 processes x 2 devices with `num_partitions=2`: `(2, 1)`
+  gives each process a `data` row, `(1, 2)` splits the `model` axis across the processes.
   """
   devices = list(devices if devices is not None else jax.devices())
   if num_partitions < 1 or len(devices) % num_partitions:
     raise ValueError(f"NUM_PARTITIONS={num_partitions} must divide the device count "
                      f"{len(devices)} (data-parallel size = devices / NUM_PARTITIONS).")
   shape = (len(devices) // num_partitions, num_partitions)
+  if dcn_mesh_shape is not None:
+    return Mesh(_hybrid_grid(shape, tuple(dcn_mesh_shape), devices), MESH_AXES)
   grid = None
   if devices[0].platform in ("tpu", "gpu") and len(devices) > 1:
     from jax.experimental import mesh_utils  # Local: only accelerators have a topology.
@@ -62,6 +73,37 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = No
   if grid is None:
     grid = np.asarray(devices, dtype=object).reshape(shape)
   return Mesh(grid, MESH_AXES)
+
+
+def check_dcn_mesh_shape(shape: tuple[int, int], dcn_mesh_shape: Sequence[Any],
+                         num_processes: int) -> tuple[int, int]:
+  """`dcn_mesh_shape` as (data, model) process counts that tile the mesh `shape`.
+
+  Raises ValueError (with the fix) when it does not: two positive ints, their product the
+  number of processes, each dividing its mesh axis.
+  """
+  dcn = tuple(dcn_mesh_shape)
+  if len(dcn) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                              for n in dcn):
+    raise ValueError(f"DCN_MESH_SHAPE={dcn_mesh_shape!r} must be two positive ints "
+                     "(processes along data, processes along model), e.g. (2, 1).")
+  if dcn[0] * dcn[1] != num_processes:
+    raise ValueError(f"DCN_MESH_SHAPE={dcn} places {dcn[0] * dcn[1]} processes but the job "
+                     f"has {num_processes}; their product must be the process count.")
+  if shape[0] % dcn[0] or shape[1] % dcn[1]:
+    raise ValueError(f"DCN_MESH_SHAPE={dcn} does not tile the mesh (data={shape[0]}, "
+                     f"model={shape[1]}): each entry must divide its mesh axis.")
+  return dcn  # type: ignore[return-value]
+
+
+def _hybrid_grid(shape: tuple[int, int], dcn: tuple[int, int],
+                 devices: Sequence[jax.Device]) -> np.ndarray:
+  num_processes = len({d.process_index for d in devices})
+  dcn = check_dcn_mesh_shape(shape, dcn, num_processes)
+  from jax.experimental import mesh_utils
+  local = (shape[0] // dcn[0], shape[1] // dcn[1])
+  return mesh_utils.create_hybrid_device_mesh(local, dcn, devices, process_is_granule=True,
+                                              allow_split_physical_axes=True)
 
 
 def maybe_initialize_distributed() -> None:

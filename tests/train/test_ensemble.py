@@ -13,7 +13,7 @@ from prompt_jax import data as data_lib
 from prompt_jax.data import skill_gym as gym
 from prompt_jax.models import T5Transformer, decoding
 from prompt_jax.prompts import Prompt, initializers
-from prompt_jax.train import ensemble, evaluation
+from prompt_jax.train import builder, ensemble, evaluation, partitioning
 from tests.data.conftest import local_vocabularies  # noqa: F401  (fixture)
 from tests.tiny import tiny_config
 
@@ -159,6 +159,26 @@ def test_one_pass_equals_separate_evals_and_the_vote(gym_setup, tmp_path):
   first = json.loads(lines[0])
   assert first["members"] == [r.predictions[0] for r in separate]
   assert first["prediction"] == result.ensemble.predictions[0]
+
+
+def test_on_a_mesh_equals_one_device_and_keeps_the_weights_sharded(gym_setup):
+  config, frozen, exs, lengths = gym_setup
+  members = _members(3, config.d_model, seed=5)
+  mesh = builder.make_mesh(2)  # (data 4, model 2) on the 8 emulated devices.
+  shardings = partitioning.shardings_for(builder.abstract_params(T5Transformer(config)), mesh)
+  kwargs = dict(feature_lengths=lengths, batch_size=8, examples={GYM_TASK: exs})
+  on_mesh = ensemble.EnsembleEvaluator(config, jax.device_put(frozen, shardings), members,
+                                       [GYM_TASK], mesh=mesh, **kwargs)
+  alone = ensemble.EnsembleEvaluator(config, frozen, members, [GYM_TASK], **kwargs)
+  got, want = on_mesh.evaluate_task(GYM_TASK), alone.evaluate_task(GYM_TASK)
+  assert [r.predictions for r in got.members] == [r.predictions for r in want.members]
+  assert got.ensemble.predictions == want.ensemble.predictions
+  np.testing.assert_allclose(on_mesh.label_scores(GYM_TASK, ["ab", "ba"]),
+                             alone.label_scores(GYM_TASK, ["ab", "ba"]), rtol=1e-5, atol=1e-5)
+  embedding = on_mesh.params["token_embedder"]["embedding"]
+  assert embedding.sharding.spec == shardings["token_embedder"]["embedding"].spec
+  assert not embedding.sharding.is_fully_replicated
+  assert on_mesh.params["prompt"]["prompt"].sharding.is_fully_replicated
 
 
 @pytest.mark.parametrize("vote", ["majority", "loglik"])

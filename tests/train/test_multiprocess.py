@@ -1,14 +1,17 @@
-"""Two processes on loopback train through the CLI as one process does.
+"""Two processes on loopback train through the CLI bit for bit as one process does.
 
 Each process has 2 emulated CPU devices (cross-process collectives: gloo); the coordinator
-is 127.0.0.1 on a free port. The reference is one process with 4 devices and the same
-global batch. Two layouts: NUM_PARTITIONS=1 (mesh (4, 1): each process holds whole `data`
-rows) and NUM_PARTITIONS=4 (mesh (1, 4): the `model` axis spans both processes, which then
-hold the same rows).
+is 127.0.0.1 on a free port. The reference is one process with 4 devices, the same mesh
+(data 2 x model 2) and the same global batch. Two layouts of the two processes on that mesh:
 
-Not bitwise: the cross-process all-reduces (gloo) sum in another order than the in-process
-CPU collectives, so the results agree to float32 rounding (amplified a little by Adafactor),
-not bit for bit; see the README's "Pods" section.
+* whole `data` rows per process (the default device order: process i holds data row i);
+* the `model` axis spanning the processes (`DCN_MESH_SHAPE=(1, 2)`: process i holds model
+  column i, both processes read the same rows).
+
+Bitwise equality holds because every cross-device sum on this mesh has two operands, and
+a + b == b + a in IEEE float32 whatever the collective's algorithm. (A sum over 4 devices,
+e.g. NUM_PARTITIONS=4 here, is not bitwise: gloo's ring all-reduce associates the four
+shards in another order than the in-process CPU collectives; see the README's "Pods".)
 """
 
 import json
@@ -18,7 +21,9 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from tests.conftest import T5X_TINY
@@ -26,6 +31,14 @@ from tests.conftest import T5X_TINY
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TASK = "skill_gym_reverse_noword"
 STEPS = 2
+MODEL_SPANS = "--gin.DCN_MESH_SHAPE=(1, 2)"
+COMMON = [f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.INITIAL_CHECKPOINT_PATH='{T5X_TINY}'",
+          "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 10}",
+          "--gin.CHECKPOINT_PERIOD=1", "--gin.EVAL_PERIOD=0", "--gin.train.max_eval_examples=4",
+          "--gin.NUM_PARTITIONS=2"]
+PROMPT_TUNING = ["--gin_file=runs/prompt_finetune.gin", "--gin_file=methods/prompt_tuning.gin",
+                 "--gin_file=prompts/sampled_vocab.gin", "--gin.PROMPT_LENGTH=3"]
+MODEL_TUNING = ["--gin_file=runs/model_finetune.gin", "--gin.LEARNING_RATE=0.01"]
 
 
 def _free_port() -> int:
@@ -34,17 +47,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _args(model_dir, num_partitions: int, steps: int) -> list[str]:
-  return ["train", "--gin_file=models/t5_1_1.gin", "--gin_file=models/sizes/tiny.gin",
-          "--gin_file=runs/prompt_finetune.gin", "--gin_file=methods/prompt_tuning.gin",
-          "--gin_file=prompts/sampled_vocab.gin",
-          f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
-          f"--gin.INITIAL_CHECKPOINT_PATH='{T5X_TINY}'", "--gin.BATCH_SIZE=4",
-          "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 10}",
-          f"--gin.TRAIN_STEPS={steps}", "--gin.PROMPT_LENGTH=3", "--gin.CHECKPOINT_PERIOD=1",
-          "--gin.EVAL_PERIOD=0", "--gin.train.max_eval_examples=4",
-          f"--gin.NUM_PARTITIONS={num_partitions}",
-          "--gin.train.allow_replicated_heads=True"]  # The fixture's 2 heads on model=4.
+def _args(model_dir, steps: int, method: list[str], extra: list[str]) -> list[str]:
+  return ["train", "--gin_file=models/t5_1_1.gin", "--gin_file=models/sizes/tiny.gin", *method,
+          *COMMON, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -55,19 +60,20 @@ def _env(devices: int) -> dict[str, str]:
   return env
 
 
-def _one_process(model_dir, num_partitions, steps, cwd):
-  proc = subprocess.run([sys.executable, "-m", "prompt_jax", *_args(model_dir, num_partitions,
-                                                                   steps)],
-                        cwd=cwd, env=_env(4), capture_output=True, text=True, timeout=600)
+def _one_process(model_dir, steps, method=PROMPT_TUNING, extra=()) -> str:
+  proc = subprocess.run([sys.executable, "-m", "prompt_jax",
+                         *_args(model_dir, steps, method, list(extra))],
+                        cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stderr
 
 
-def _two_processes(model_dir, num_partitions, steps, cwd):
+def _two_processes(model_dir, steps, method=PROMPT_TUNING, extra=()) -> list[str]:
   port = _free_port()
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "prompt_jax", *_args(model_dir, num_partitions, steps),
+      [sys.executable, "-m", "prompt_jax", *_args(model_dir, steps, method, list(extra)),
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=cwd, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outs = []
   for p in procs:
@@ -86,20 +92,82 @@ def _prompt(model_dir, step):
   return np.load(pathlib.Path(model_dir) / "prompts" / f"prompt_{step}.npy", allow_pickle=False)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("num_partitions", [1, 4], ids=["data_rows_per_process",
-                                                        "model_axis_spans_processes"])
-def test_two_processes_end_equal_to_one_up_to_float32_rounding(tmp_path, num_partitions):
-  single, multi = tmp_path / "single", tmp_path / "multi"
-  _one_process(single, num_partitions, STEPS, tmp_path)
-  errs = _two_processes(multi, num_partitions, STEPS, tmp_path)
-  for i, err in enumerate(errs):
+def _checkpoint_params(model_dir, step) -> dict[str, np.ndarray]:
+  """The trainable parameters of an Orbax checkpoint, flattened to {path: numpy}."""
+  path = pathlib.Path(model_dir).absolute() / "checkpoints" / str(step) / "state"
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    # Saved from devices of two processes: restore onto this process's first device.
+    tree = ckptr.metadata(path).item_metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                          tree)
+    state = ckptr.restore(path, target)
+  flat = {}
+
+  def walk(prefix, tree):
+    if isinstance(tree, dict):
+      for k, v in tree.items():
+        walk(f"{prefix}/{k}", v)
+    else:
+      flat[prefix] = np.asarray(tree)
+
+  walk("", state["params"])
+  return flat
+
+
+def _assert_positions(errs: list[str], positions: list[str]) -> None:
+  for i, (err, where) in enumerate(zip(errs, positions)):
     assert f"process {i}/2: 2 local cpu devices" in err, err[-2000:]
+    assert f"this process at (data, model) {where}" in err, err[-2000:]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> pathlib.Path:
+  """One process, 4 devices, mesh (2, 2), STEPS prompt-tuning steps."""
+  model_dir = tmp_path_factory.mktemp("single") / "run"
+  _one_process(model_dir, STEPS)
+  return model_dir
+
+
+@pytest.mark.slow
+def test_data_rows_per_process_bitwise_and_resume_across_restart(reference, tmp_path):
+  multi = tmp_path / "multi"
+  errs = _two_processes(multi, 1)
+  _assert_positions(errs, ["[(0, 0), (0, 1)]", "[(1, 0), (1, 1)]"])
+  _two_processes(multi, STEPS)  # The two-process job restarts and resumes.
   assert not np.array_equal(_prompt(multi, 1), _prompt(multi, STEPS))  # It trained.
-  np.testing.assert_allclose(_prompt(multi, STEPS), _prompt(single, STEPS), rtol=1e-3,
-                             atol=1e-4)
-  # Process 0 alone wrote the run's files; Orbax saved from both processes.
+  for step in (1, STEPS):
+    np.testing.assert_array_equal(_prompt(multi, step), _prompt(reference, step))
+  # Process 0 alone wrote the run's files (one metrics line per step, across the restart);
+  # Orbax saved from both processes.
   lines = [json.loads(x) for x in (multi / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in lines if m["split"] == "train"] == list(range(1, STEPS + 1))
   assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["1", "2"]
   assert (multi / f"inference/{TASK}-{STEPS}.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_model_axis_across_processes_bitwise_then_resumed_by_one_process(reference, tmp_path):
+  run = tmp_path / "run"
+  errs = _two_processes(run, 1, extra=[MODEL_SPANS])
+  _assert_positions(errs, ["[(0, 0), (1, 0)]", "[(0, 1), (1, 1)]"])
+  np.testing.assert_array_equal(_prompt(run, 1), _prompt(reference, 1))
+  # The checkpoint two processes wrote resumes in one process with 4 devices.
+  _one_process(run, STEPS)
+  np.testing.assert_array_equal(_prompt(run, STEPS), _prompt(reference, STEPS))
+
+
+@pytest.mark.slow
+def test_model_tuning_saves_on_both_layouts(tmp_path):
+  single = tmp_path / "single"
+  _one_process(single, 1, MODEL_TUNING)
+  want = _checkpoint_params(single, 1)
+  assert "/token_embedder/embedding" in want  # Every weight trains and is saved.
+  for name, extra in (("rows", []), ("spans", [MODEL_SPANS])):
+    multi = tmp_path / name
+    _two_processes(multi, 1, MODEL_TUNING, extra)
+    got = _checkpoint_params(multi, 1)
+    assert got.keys() == want.keys()
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}: {key}")
+    assert (multi / f"inference/{TASK}-1.jsonl").exists()
