@@ -255,12 +255,13 @@ class PeftBucketRunner:
 
 
 def peak_shapes(cfg) -> list[tuple[int, int, int]]:
-  """(M, K, N) of the step's big matmuls: encoder rows x D -> 3HK / F, F -> D; the n x n."""
+  """(M, K, N) of the step's big matmuls: encoder rows x D -> HK (Q / K / V) and -> F
+  (wi), F -> D (wo); and the n x n."""
   from prompt_jax import bench
   mc = bench.model_config(cfg)
   rows = cfg.batch_size * (cfg.input_length + cfg.prompt_length)
   hk = mc.num_heads * mc.d_kv
-  return [(rows, mc.d_model, 3 * hk), (rows, mc.d_model, 2 * mc.d_ff),
+  return [(rows, mc.d_model, hk), (rows, mc.d_model, mc.d_ff),
           (rows, mc.d_ff, mc.d_model), (cfg.matmul_size,) * 3]
 
 

@@ -75,20 +75,24 @@ def test_tiny_config_keeps_explicit_flags():
   assert bench.config_from_args(bench._parser().parse_args([]), []) == bench.BenchConfig()
 
 
-def test_tiny_bench_eval_and_bucketing_sections(capsys):
-  """Our side of --eval / --bucketing runs for real (the peers' runners are the ones
-  `test_tiny_bench_prints_one_json_object` covers, or plain HF calls)."""
+def test_tiny_bench_eval_and_bucketing_sections_with_the_peer(capsys):
+  """--eval / --bucketing run for real on both sides: ours and the peer's (HF `model(...)`
+  scoring and `generate`, PEFT on the bucketing batches)."""
+  pytest.importorskip("peft")
   args = ["--tiny", "--steps", "1", "--warmup", "0", "--dropout_rate", "0", "--in_process",
-          "--skip_train", "--eval", "--bucketing", "--max_length", "32", "--bucket_batches", "1"]
+          "--skip_train", "--eval", "--bucketing", "--max_length", "32", "--bucket_batches", "1",
+          "--peer", "peft"]
   assert bench.main(args) == 0
   result = json.loads(capsys.readouterr().out.strip())
   assert set(result) == {"matmul_peak_flops", "peak", "eval", "bucketing"}
   for kind in ("rank_classification", "greedy_decode"):
-    _positive_floats(result["eval"][kind], {"examples_per_s"})
+    _positive_floats(result["eval"][kind], {"examples_per_s", "hf_examples_per_s",
+                                            "speedup_vs_hf"})
   buckets = result["bucketing"]
   assert (buckets["length_dist"], buckets["max_length"]) == ("sst2", 32)
   _positive_floats({k: v for k, v in buckets.items() if k not in ("length_dist", "max_length")},
-                   {"examples_per_s", "fixed_padding_examples_per_s", "speedup_vs_fixed_padding"})
+                   {"examples_per_s", "fixed_padding_examples_per_s", "speedup_vs_fixed_padding",
+                    "peft_examples_per_s", "speedup_vs_peft"})
 
 
 def test_peer_sections_and_dropout_0_are_assembled_as_ratios():

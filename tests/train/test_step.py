@@ -65,10 +65,9 @@ def test_mesh_matches_single_device(single, num_partitions):
   # moves the prompt by up to 0.6 after this step: masks that differ cannot pass.)
   np.testing.assert_allclose(prompts[0], single[-1][0], rtol=0, atol=2e-7)
   # Later steps: Adafactor (LR 0.3, update / RMS) amplifies float round-off step by step
-  # (measured 3e-8, 4e-6, 1e-5, 3e-5 after steps 1-4 on the 4x2 mesh with separate Q / K / V
-  # matmuls; with the fused projections' other summation order one of the 24 entries is
-  # 3.2e-4 / 3.7e-4 off after step 4 on the 4x2 / 2x4 mesh). A wrong gradient fails the
-  # step-1 check above; another dropout key moves entries by up to 0.6.
+  # (one of the 24 entries 1.3e-4 off after step 4 on the 4x2 mesh, 3.7e-4 with the
+  # once-tried stacked Q / K / V projections). A wrong gradient fails the step-1 check
+  # above; another dropout key moves entries by up to 0.6.
   np.testing.assert_allclose(prompts[-1], single[-1][-1], rtol=0, atol=1e-3)
 
 
