@@ -89,7 +89,7 @@ def test_libtpu_topology_unknown(name):
     plan.libtpu_topology(name)
 
 
-@pytest.mark.slow  # ~15 s of TPU compile for the tiny step.
+@pytest.mark.slow  # 15-30 s here, mostly TPU compile of the tiny step.
 @pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (optional; CI has none)")
 def test_plan_tiny_on_tpu_topology(capsys, monkeypatch):
   # Compiling needs no TPU; another process holding libtpu's lock (a plan, a run) must not
