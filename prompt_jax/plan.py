@@ -8,13 +8,20 @@
 The run's gin config (the same files as `prompt-jax train`; MODEL_DIR and the other
 required macros may be left unset) gives the model, the prompt module, the parameter groups,
 the batch and the mesh. The train step is lowered from `jax.ShapeDtypeStruct`s carrying the
-run's shardings and compiled for `--devices` emulated CPU devices, or for a TPU topology
-(`--topology=v4-64`, needs libtpu, no TPU needed). Printed: per-device argument / output /
-temp / peak bytes from the compiler's memory analysis, whether the peak fits
+run's shardings and compiled for `--devices` emulated CPU devices, or for a TPU slice
+(`--topology=v3-32`, needs the optional libtpu, no TPU needed). Printed: per-device
+argument / output / temp / peak bytes from the compiler's memory analysis, whether the peak fits
 `--device_memory`, the collectives in the compiled HLO with their sizes; then one JSON line.
 
 CPU figures are the CPU compiler's (its fusion and layouts differ from TPU's): an estimate
 of the same partitioned program, not a TPU measurement.
+
+TPU devices are counted as `jax.devices()` lists them on the slice: a v2 / v3 core, a v5e /
+v6e chip, a v5p chip (megacore, 2 TensorCores) and, for v4, a megacore chip too: `v4-64`
+(64 TensorCores, 32 chips) is planned as 32 devices. libtpu's compile-only v4 topology has
+no megacore (one device per TensorCore), so v4 is compiled for that many TensorCore devices
+(`v4-64` -> libtpu's `v4:2x2x4`, 16 chips x 2 cores): the mesh and per-device shapes are the
+run's, the fusion is one TensorCore's; compare with a v4 chip's 32 GiB.
 """
 
 from __future__ import annotations
@@ -36,8 +43,57 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16
                 "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 
 
+# Chips -> the chip grid of the usual slice shapes (2D: v2, v3, v5e, v6e; 3D: v4, v5p).
+_GRIDS_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16",
+             512: "16x32", 1024: "32x32"}
+_GRIDS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+             256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16"}
+# Generation in the slice name -> (libtpu's name, grids, named units per compiled chip).
+# v2 / v3 / v5p names count TensorCores (2 a chip); v5e / v6e count chips; v4 counts
+# TensorCores but is compiled on half the chips, one device per TensorCore (module doc).
+_GENERATIONS: dict[str, tuple[str, dict[int, str], int]] = {
+    "v2": ("v2", _GRIDS_2D, 2), "v3": ("v3", _GRIDS_2D, 2), "v4": ("v4", _GRIDS_3D, 4),
+    "v5p": ("v5p", _GRIDS_3D, 2), "v5e": ("v5e", _GRIDS_2D, 1),
+    "v5litepod": ("v5e", _GRIDS_2D, 1), "v6e": ("v6e", _GRIDS_2D, 1)}
+_SLICE_SIZES = {"v2": (8, 32, 128, 256, 512), "v3": (8, 32, 64, 128, 256, 512, 1024, 2048),
+                "v4": (16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+                "v5p": (8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+                "v5e": (4, 8, 16, 32, 64, 128, 256), "v5litepod": (4, 8, 16, 32, 64, 128, 256),
+                "v6e": (4, 8, 16, 32, 64, 128, 256)}
+
+
 class PlanError(ValueError):
   """Bad plan arguments (one line, exit status 2)."""
+
+
+def known_slices() -> str:
+  """The slice names `libtpu_topology` knows, one group per generation."""
+  return ", ".join(f"{g}-{{{','.join(map(str, sizes))}}}" for g, sizes in _SLICE_SIZES.items())
+
+
+def libtpu_topology(name: str) -> str:
+  """A TPU slice name -> libtpu's compile-only topology name.
+
+  Args:
+    name: a pod-slice name (`v3-32`, `v4-64`, `v5p-8`, `v5e-16` or `v5litepod-16`,
+      `v6e-16`) or libtpu's own `vX:AxB[xC]`, which passes through.
+
+  Returns:
+    libtpu's name, e.g. `v3:4x4` for `v3-32` (16 chips, 32 cores) or `v4:2x2x4` for `v4-64`
+    (32 devices, see the module docstring).
+
+  Raises:
+    PlanError: an unknown name; the message lists the known ones.
+  """
+  name = name.strip()
+  if re.fullmatch(r"v[0-9][a-z]*:[0-9]+x[0-9]+(x[0-9]+)?", name):
+    return name
+  m = re.fullmatch(r"(v[0-9][a-z]*)-([0-9]+)", name)
+  if m and m.group(1) in _GENERATIONS and int(m.group(2)) in _SLICE_SIZES[m.group(1)]:
+    libtpu_name, grids, per_chip = _GENERATIONS[m.group(1)]
+    return f"{libtpu_name}:{grids[int(m.group(2)) // per_chip]}"
+  raise PlanError(f"--topology={name}: unknown TPU slice; known: {known_slices()}, or "
+                  "libtpu's own vX:AxB[xC] (e.g. v3:4x4).")
 
 
 def parse_bytes(text: str) -> int:
@@ -53,8 +109,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--gin_file", action="append", default=[])
   p.add_argument("--gin_search_paths", default="")
   p.add_argument("--devices", type=int, default=8, help="emulated CPU devices")
-  p.add_argument("--topology", default=None, help="a TPU topology, e.g. v4-64 (needs libtpu)")
-  p.add_argument("--device_memory", default="16GiB", help="memory of one device")
+  p.add_argument("--topology", default=None,
+                  help="a TPU slice, e.g. v3-32, v4-64 (32 megacore devices), v5e-16, or "
+                  "libtpu's v3:4x4; needs libtpu (optional: pip install libtpu)")
+  p.add_argument("--device_memory", default="16GiB",
+                 help="memory of one device (a v3 core 16GiB, a v4 chip 32GiB)")
   return p
 
 
@@ -69,12 +128,14 @@ def _emulate(devices: int) -> None:
 def _target_devices(devices: int, topology: str | None) -> list[Any]:
   import jax
   if topology:
+    name = libtpu_topology(topology)
     try:
       from jax.experimental import topologies
-      desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
-    except Exception as e:  # pylint: disable=broad-except  No libtpu, unknown name, ...
-      raise PlanError(f"--topology={topology}: no TPU topology ({e}). Install libtpu, or plan "
-                      "on emulated CPU devices with --devices=N.") from None
+      desc = topologies.get_topology_desc(topology_name=name, platform="tpu")
+    except Exception as e:  # pylint: disable=broad-except  No libtpu, a shape it refuses, ...
+      raise PlanError(f"--topology={topology}: no TPU topology {name} ({e}). Install libtpu "
+                      f'(pip install "jax[tpu]=={jax.__version__}"), or plan on emulated CPU '
+                      "devices with --devices=N.") from None
     return list(desc.devices)
   cpu = jax.devices("cpu")
   if len(cpu) < devices:
@@ -93,9 +154,12 @@ def _shape_only(module: Any) -> Any:
   return module
 
 
-def hlo_collectives(hlo: str) -> dict[str, dict[str, int]]:
-  """{op: {"count", "bytes", "largest_bytes"}} of the collectives in HLO text (result sizes)."""
-  out: dict[str, dict[str, int]] = {}
+def hlo_collectives(hlo: str) -> dict[str, dict[str, Any]]:
+  """{op: {"count", "bytes", "largest_bytes", "largest"}} of HLO text's collectives.
+
+  Sizes are the results'; "largest" is the largest one's result type, e.g. 'bf16[8,4096]'.
+  """
+  out: dict[str, dict[str, Any]] = {}
   pattern = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(_COLLECTIVES) + r")(-start)?\(")
   for line in hlo.splitlines():
     m = pattern.search(line)
@@ -108,10 +172,13 @@ def hlo_collectives(hlo: str) -> dict[str, dict[str, int]]:
         for d in filter(None, dims.split(",")):
           n *= int(d)
         size += n * _DTYPE_BYTES[dtype]
-    entry = out.setdefault(m.group(2), {"count": 0, "bytes": 0, "largest_bytes": 0})
+    entry = out.setdefault(m.group(2),
+                           {"count": 0, "bytes": 0, "largest_bytes": 0, "largest": ""})
     entry["count"] += 1
     entry["bytes"] += size
-    entry["largest_bytes"] = max(entry["largest_bytes"], size)
+    if size > entry["largest_bytes"] or not entry["largest"]:
+      entry["largest_bytes"] = size
+      entry["largest"] = re.sub(r"\{[^}]*\}", "", m.group(1)).strip()
   return out
 
 
@@ -189,7 +256,7 @@ def format_table(result: dict[str, Any]) -> str:
           ("fits", "yes" if result["fits"] else "NO")]
   for op, c in sorted(result["collectives"].items()):
     rows.append((f"{op}", f"{c['count']} ops, {c['bytes'] / 2**20:.2f} MiB in all, largest "
-                 f"{c['largest_bytes'] / 2**20:.2f} MiB"))
+                 f"{c['largest_bytes'] / 2**20:.2f} MiB ({c['largest']})"))
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
