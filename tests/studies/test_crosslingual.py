@@ -14,7 +14,7 @@ from prompt_jax.studies import crosslingual
 from tests.conftest import T5_SPM, T5X_TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LANGS = ("eng_Latn", "fra_Latn", "zho_Hans")
+LANGS = ("eng_Latn", "zho_Hans")
 
 
 def test_seed_table_means_stds_and_the_average_of_per_seed_averages():
@@ -71,7 +71,7 @@ def test_one_command_trains_on_english_and_tables_every_language(tmp_path):
                         env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in (study / "results.jsonl").read_text().splitlines()]
-  assert len(rows) == 2 * 2 * 3
+  assert len(rows) == 2 * 2 * len(LANGS)
   assert {r["language"] for r in rows} == set(LANGS)
   assert all(0 <= r["accuracy"] <= 100 and "mean_7class_f1" in r for r in rows)
   with open(study / "table.csv") as f:

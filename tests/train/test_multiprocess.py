@@ -31,7 +31,6 @@ from tests.conftest import T5X_TINY
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TASK = "skill_gym_reverse_noword"
-STEPS = 2
 MODEL_SPANS = "--gin.DCN_MESH_SHAPE=(1, 2)"
 COMMON = [f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.INITIAL_CHECKPOINT_PATH='{T5X_TINY}'",
           "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 10}",
@@ -122,40 +121,30 @@ def _assert_positions(errs: list[str], positions: list[str]) -> None:
     assert f"this process at (data, model) {where}" in err, err[-2000:]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> pathlib.Path:
-  """One process, 4 devices, mesh (2, 2), STEPS prompt-tuning steps."""
-  model_dir = tmp_path_factory.mktemp("single") / "run"
-  _one_process(model_dir, STEPS)
-  return model_dir
-
-
 @pytest.mark.slow
-def test_data_rows_per_process_bitwise_and_resume_across_restart(reference, tmp_path):
-  multi = tmp_path / "multi"
-  errs = _two_processes(multi, 1)
-  _assert_positions(errs, ["[(0, 0), (0, 1)]", "[(1, 0), (1, 1)]"])
-  _two_processes(multi, STEPS)  # The two-process job restarts and resumes.
-  assert not np.array_equal(_prompt(multi, 1), _prompt(multi, STEPS))  # It trained.
-  for step in (1, STEPS):
-    np.testing.assert_array_equal(_prompt(multi, step), _prompt(reference, step))
-  # Process 0 alone wrote the run's files (one metrics line per step, across the restart);
-  # Orbax saved from both processes.
-  lines = [json.loads(x) for x in (multi / "metrics.jsonl").read_text().splitlines()]
-  assert [m["step"] for m in lines if m["split"] == "train"] == list(range(1, STEPS + 1))
-  assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["1", "2"]
-  assert (multi / f"inference/{TASK}-{STEPS}.jsonl").exists()
-
-
-@pytest.mark.slow
-def test_model_axis_across_processes_bitwise_then_resumed_by_one_process(reference, tmp_path):
-  run = tmp_path / "run"
+def test_both_layouts_bitwise_equal_to_one_process_across_restarts(tmp_path):
+  """One run, restarted twice, each time on another process layout, against one process
+  that trains the 3 steps straight: the model axis across the 2 processes (step 1), whole
+  data rows per process resuming that checkpoint (step 2), then one 4-device process
+  resuming the two-process checkpoint (step 3). Every step's prompt is bitwise the
+  reference's."""
+  reference, run = tmp_path / "single", tmp_path / "run"
+  _one_process(reference, 3)
   errs = _two_processes(run, 1, extra=[MODEL_SPANS])
   _assert_positions(errs, ["[(0, 0), (1, 0)]", "[(0, 1), (1, 1)]"])
-  np.testing.assert_array_equal(_prompt(run, 1), _prompt(reference, 1))
-  # The checkpoint two processes wrote resumes in one process with 4 devices.
-  _one_process(run, STEPS)
-  np.testing.assert_array_equal(_prompt(run, STEPS), _prompt(reference, STEPS))
+  errs = _two_processes(run, 2)  # The two-process job restarts (default layout) and resumes.
+  _assert_positions(errs, ["[(0, 0), (0, 1)]", "[(1, 0), (1, 1)]"])
+  _one_process(run, 3)  # A checkpoint two processes wrote resumes in one process.
+  assert not np.array_equal(_prompt(run, 1), _prompt(run, 3))  # It trained.
+  for step in (1, 2, 3):
+    np.testing.assert_array_equal(_prompt(run, step), _prompt(reference, step),
+                                  err_msg=f"step {step}")
+  # Process 0 alone wrote the run's files (one metrics line per step, across the restarts);
+  # Orbax saved from both processes.
+  lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in lines if m["split"] == "train"] == [1, 2, 3]
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2", "3"]
+  assert (run / f"inference/{TASK}-2.jsonl").exists()
 
 
 @pytest.mark.slow
