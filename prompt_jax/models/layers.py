@@ -137,7 +137,7 @@ class MultiHeadAttention(nn.Module):
       # One matmul per projection, as T5X does. Measured against one matmul over the
       # kernels stacked on a new axis (T5 1.1 Small prompt step, batch 8, inputs 128 + P 20,
       # CPU): the stacked form's output needed a layout transpose per call (535 vs 249
-      # transposes in the compiled step), 527 vs 412 MiB of temporaries, and was not faster.
+      # transposes in the compiled step), 527 vs 412 MiB of temporaries, and was slower.
       return [jnp.einsum("BLD,DJ->BLJ", x, w.astype(self.dtype)).reshape(
           *x.shape[:2], self.num_heads, self.d_kv) for w in weights]  # Each [B, L, H, K].
 
