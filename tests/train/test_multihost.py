@@ -157,3 +157,30 @@ def test_training_into_a_file_uri_model_dir(tmp_path):
   assert not (tmp_path / "file:").exists()
   # A restart through the URI finds the checkpoints.
   assert checkpointing.Checkpointer(uri).all_steps() == [1, 2]
+
+
+@pytest.mark.parametrize("dcn, message", [
+    ((1, 2), "places 2 processes but the job has 1"),
+    ((1,), "must be two positive ints"),
+    ((1, 0), "must be two positive ints"),
+    ((True, 1), "must be two positive ints"),
+])
+def test_dcn_mesh_shape_errors_name_the_fix(dcn, message):
+  with pytest.raises(ValueError, match=message):
+    partitioning.check_dcn_mesh_shape((4, 2), dcn, num_processes=1)
+  with pytest.raises(ValueError, match="does not tile the mesh"):
+    partitioning.check_dcn_mesh_shape((4, 2), (1, 4), num_processes=4)
+  assert partitioning.check_dcn_mesh_shape((4, 2), (2, 2), num_processes=4) == (2, 2)
+
+
+def test_a_dcn_mesh_shape_that_cannot_hold_is_exit_2_before_loading(capsys, tmp_path):
+  argv = ["train", "--gin_file=models/t5_1_1.gin", "--gin_file=models/sizes/tiny.gin",
+          "--gin_file=runs/prompt_finetune.gin", "--gin_file=methods/prompt_tuning.gin",
+          "--gin_file=prompts/sampled_vocab.gin", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+          "--gin.MIXTURE_OR_TASK_NAME='skill_gym_reverse_noword'",
+          f"--gin.INITIAL_CHECKPOINT_PATH='{T5X_TINY}'", "--gin.BATCH_SIZE=8",
+          "--gin.DCN_MESH_SHAPE=(1, 2)"]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "DCN_MESH_SHAPE=(1, 2) places 2 processes but the job has 1" in err, err
+  assert not (tmp_path / "run").exists()
