@@ -25,3 +25,16 @@ def t5x_tiny_dir() -> pathlib.Path:
   if not T5X_TINY.exists():
     pytest.fail(f"Shared fixture missing: {T5X_TINY} (expected ../shared beside the repo).")
   return T5X_TINY
+
+
+def pytest_collection_modifyitems(config, items):
+  """Files holding `slow` tests first, the last-collected first (the multi-process file).
+
+  `make test` hands whole files to 2 workers in this order (`--dist loadfile
+  --no-loadscope-reorder`), so the long end-to-end files start early instead of one of
+  them running alone at the end. Test order within a file is unchanged.
+  """
+  del config
+  slow = [str(item.fspath) for item in items if item.get_closest_marker("slow")]
+  rank = {path: r for r, path in enumerate(dict.fromkeys(reversed(slow)))}
+  items.sort(key=lambda item: rank.get(str(item.fspath), len(rank)))
