@@ -191,10 +191,10 @@ def neighbours(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.RE
   accepted for the CLI's `--tfds_data_dir` and unused (only the vocabulary is read).
   """
   del tfds_data_dir
-  from prompt_jax import runs
+  from prompt_jax import checks, runs
   from prompt_jax.prompts import initializers
   from prompt_jax.train import checkpointing, run_dir
-  runs._positive_int("NEIGHBOURS_K", k)
+  checks.positive_int("NEIGHBOURS_K", k)
   if not prompt_file:
     raise runs.UserError("PROMPT_FILE is not set (--gin.PROMPT_FILE=path/to/prompt.npy).")
   vocabulary = _task_vocabulary(mixture_or_task_name)

@@ -19,6 +19,9 @@ import numpy as np
 import seqio
 
 from prompt_jax import configurables
+from prompt_jax.checks import (UserError, check_checkpoint_path, check_eval_args, check_heads,
+                               check_mode, check_task,
+                               positive_int, validate_lengths, validate_mesh, validate_prompt)
 from prompt_jax.checkpoints import CheckpointError, load_pretrained
 from prompt_jax.models.t5 import T5Transformer
 from prompt_jax.prompts import Prompt, PromptBank, init_prompt_params, initializers
@@ -31,10 +34,6 @@ from prompt_jax.train import partitioning
 from prompt_jax.train import paths
 from prompt_jax.train import run_dir
 from prompt_jax.train import trainer
-
-
-class UserError(Exception):
-  """A configuration or input problem the user can fix; the CLI prints it without a trace."""
 
 
 @gin.configurable
@@ -102,28 +101,6 @@ def write_config(model_dir: str) -> None:
   (path / "config.gin").write_text(gin.config_str())
 
 
-def check_task(name: str, data_dir: str | None = None) -> None:
-  """Fails fast (seconds) on an unknown task or unprepared TFDS data."""
-  from prompt_jax.data import registry  # Registers the benchmark tasks.
-  from prompt_jax.data import skill_gym  # noqa: F401  Registers the skill-gym tasks.
-  try:
-    registry.check_prepared(name, data_dir)
-    return
-  except KeyError as e:
-    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-      raise UserError(str(e).strip("'\"")) from None
-  except registry.DataNotPreparedError as e:
-    raise UserError(str(e)) from None
-
-
-def check_checkpoint_path(path: str) -> None:
-  if not path:
-    raise UserError("INITIAL_CHECKPOINT_PATH is not set (--gin.INITIAL_CHECKPOINT_PATH=...).")
-  if paths.is_local(str(path)) and not paths.as_path(path).exists():
-    raise UserError(f"Checkpoint {path} does not exist; set INITIAL_CHECKPOINT_PATH to a T5X "
-                    "checkpoint dir or an HF model dir.")
-
-
 def _load(path: str, overrides: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None):
   """(model, frozen params): on `mesh`'s shardings (each process reads only its devices'
   slices), in the chosen precision."""
@@ -142,74 +119,11 @@ def _load(path: str, overrides: Mapping[str, Any], mesh: jax.sharding.Mesh | Non
                     "models/sizes/ gin files: pick the ones that match the checkpoint).") from None
 
 
-def _positive_int(name: str, value: Any, *, zero_ok: bool = False) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero_ok else 1):
-    want = "an integer >= 0" if zero_ok else "a positive integer"
-    raise UserError(f"{name} must be {want}, got {value!r} (--gin.{name}=...).")
-
-
-def validate_lengths(lengths: Any) -> None:
-  if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
-    raise UserError(f"TASK_FEATURE_LENGTHS must be {{'inputs': L, 'targets': T}}, got "
-                    f"{lengths!r}.")
-  for key, value in lengths.items():
-    _positive_int(f"TASK_FEATURE_LENGTHS['{key}']", value)
-
-
-def validate_mesh(num_partitions: Any, batch_size: Any) -> None:
-  """NUM_PARTITIONS divides the devices; BATCH_SIZE divides over the data-parallel size."""
-  _positive_int("NUM_PARTITIONS", num_partitions)
-  _positive_int("BATCH_SIZE", batch_size)
-  devices = jax.device_count()
-  if devices % num_partitions:
-    raise UserError(f"NUM_PARTITIONS={num_partitions} must divide the {devices} devices "
-                    f"(data-parallel size = devices / NUM_PARTITIONS).")
-  data = devices // num_partitions
-  if batch_size % data:
-    raise UserError(f"BATCH_SIZE={batch_size} must be divisible by the data-parallel size "
-                    f"{data} ({devices} devices / NUM_PARTITIONS={num_partitions}).")
-  dcn = mesh_layout()
-  if dcn is not None:
-    try:
-      partitioning.check_dcn_mesh_shape((data, num_partitions), dcn, jax.process_count())
-    except ValueError as e:
-      raise UserError(f"{e} (--gin.DCN_MESH_SHAPE=...)") from None
-
-
 def make_mesh(num_partitions: int) -> jax.sharding.Mesh:
   """The run's mesh (NUM_PARTITIONS, DCN_MESH_SHAPE), logged once per process."""
   mesh = partitioning.make_mesh(num_partitions, dcn_mesh_shape=mesh_layout())
   multihost.log_topology(mesh)
   return mesh
-
-
-def validate_prompt(prompt: nn.Module | None) -> None:
-  length = getattr(prompt, "length", None)
-  if length is not None:
-    _positive_int("PROMPT_LENGTH", length)
-  check_initializer_files(prompt)
-
-
-def check_initializer_files(prompt: nn.Module | None) -> None:
-  """Initializers that read files (`check()`: FromFile, FromRun) find them before loading."""
-  if prompt is None or not dataclasses.is_dataclass(prompt):
-    return
-  for field in dataclasses.fields(prompt):
-    value = getattr(prompt, field.name, None)
-    if callable(getattr(value, "check", None)):
-      try:
-        value.check()
-      except (ValueError, FileNotFoundError) as e:
-        raise UserError(f"Prompt initialisation failed: {e}") from None
-
-
-def check_heads(num_heads: int, num_partitions: int, allow_replicated: bool) -> None:
-  """Attention heads must split over the `model` axis, unless replication is asked for."""
-  if num_partitions > 1 and num_heads % num_partitions and not allow_replicated:
-    raise UserError(f"NUM_PARTITIONS={num_partitions} does not divide the model's {num_heads} "
-                    "attention heads, so they would be replicated on every device. Pick a "
-                    "NUM_PARTITIONS that divides them, or set "
-                    "--gin.train.allow_replicated_heads=True.")
 
 
 def _resuming(model_dir: str) -> bool:
@@ -331,18 +245,18 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   multihost.initialize()  # Before anything below starts the backend (a no-op in 1 process).
   check_task(mixture_or_task_name, tfds_data_dir)
   # Everything checkable without a model is checked before anything is loaded or written.
-  _positive_int("TRAIN_STEPS", train_steps)
-  _positive_int("CHECKPOINT_PERIOD", checkpoint_period)
-  _positive_int("EVAL_PERIOD", eval_period, zero_ok=True)
+  positive_int("TRAIN_STEPS", train_steps)
+  positive_int("CHECKPOINT_PERIOD", checkpoint_period)
+  positive_int("EVAL_PERIOD", eval_period, zero_ok=True)
   if max_eval_examples is not None:
-    _positive_int("train.max_eval_examples", max_eval_examples)
+    positive_int("train.max_eval_examples", max_eval_examples)
   validate_lengths(task_feature_lengths)
   check_checkpoint_path(initial_checkpoint_path)
-  validate_mesh(num_partitions, batch_size)
+  validate_mesh(num_partitions, batch_size, mesh_layout())
   validate_prompt(prompt)
   if "num_heads" in architecture():  # Known from the size gin file: check before loading.
     check_heads(architecture()["num_heads"], num_partitions, allow_replicated_heads)
-  _check_mode(eval_mode)
+  check_mode(eval_mode)
   groups = param_groups or default_param_groups(prompt)
   identity = {"mixture_or_task_name": mixture_or_task_name,
               "initial_checkpoint_path": str(initial_checkpoint_path),
@@ -363,30 +277,6 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                         train_steps, batch_size, num_partitions, checkpoint_period,
                         eval_period, eval_split, eval_mode, max_eval_examples, best_metric,
                         seed, mesh)
-
-
-def _check_mode(mode: str) -> None:
-  if mode not in evaluation.MODES:
-    raise UserError(f"EVAL_MODE must be one of {evaluation.MODES}, got {mode!r}.")
-
-
-def _check_split(mixture_or_task_name: str, split: str) -> None:
-  """Every task of the mixture has `split` (found before any model is loaded)."""
-  for name in inputs.task_names(mixture_or_task_name):
-    splits = tuple(seqio.get_mixture_or_task(name).splits)
-    if splits and split not in splits:
-      raise UserError(f"Task {name} has no {split!r} split (it has {', '.join(splits)}); "
-                      "set the split with --gin.EVAL_SPLIT=... / --gin.INFER_SPLIT=...")
-
-
-def _check_eval_args(name: str, split: str, lengths: Any, batch_size: Any,
-                     max_examples: Any, mode: str = "generation") -> None:
-  validate_lengths(lengths)
-  _positive_int("BATCH_SIZE", batch_size)
-  if max_examples is not None:
-    _positive_int("max_examples", max_examples)
-  _check_mode(mode)
-  _check_split(name, split)
 
 
 def _owns_model_dir(command: str):
@@ -496,7 +386,7 @@ def evaluate(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `num_partitions`: the mesh's model-parallel size (the frozen model loads sharded).
   """
   check_task(mixture_or_task_name, tfds_data_dir)
-  _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples,
+  check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples,
                    mode)
   _check_prompt_args(prompt_file, prompt_files, offset_file, ensemble_vote)
   mesh = _eval_mesh(num_partitions, batch_size)
@@ -585,7 +475,7 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   (`members`) per line.
   """
   check_task(mixture_or_task_name, tfds_data_dir)
-  _check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples)
+  check_eval_args(mixture_or_task_name, split, task_feature_lengths, batch_size, max_examples)
   _check_prompt_args(prompt_file, prompt_files, offset_file, ensemble_vote)
   mesh = _eval_mesh(num_partitions, batch_size)
   write_config(model_dir)
@@ -616,5 +506,5 @@ def infer(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
 def _eval_mesh(num_partitions: Any, batch_size: int) -> jax.sharding.Mesh:
   """The eval / infer mesh (its batches split over `data`, as in training)."""
-  validate_mesh(num_partitions, batch_size)
+  validate_mesh(num_partitions, batch_size, mesh_layout())
   return make_mesh(num_partitions)
