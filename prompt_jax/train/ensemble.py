@@ -32,7 +32,6 @@ member m reads bank row m * K + k.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pathlib
 from typing import Any, Hashable, Mapping, Sequence
@@ -306,6 +305,9 @@ class EnsembleEvaluator:
     return row_ids(len(self.examples[task]), self.num_members, self.task_ids[task],
                    self.tasks_per_member)
 
+  def _put(self, rows: np.ndarray):
+    return evaluation.put_rows(rows, self.mesh)
+
   def _score_rows(self, rows: Sequence[tuple[np.ndarray, Sequence[int], int]]) -> np.ndarray:
     """Log-likelihoods [R] of (inputs, target ids, bank row) rows."""
     if not rows:
@@ -317,8 +319,7 @@ class EnsembleEvaluator:
       x = evaluation._pad([r[0] for r in chunk], self.lengths["inputs"])
       y = evaluation._pad([r[1] for r in chunk], target_length)
       ids = np.asarray([r[2] for r in chunk], np.int32)
-      put = functools.partial(evaluation.put_rows, mesh=self.mesh)
-      return score(self.params, put(x), put(y), task_ids=put(ids))
+      return score(self.params, self._put(x), self._put(y), task_ids=self._put(ids))
 
     return _batched(fn, rows, self.batch_size).astype(np.float64)
 
@@ -333,8 +334,7 @@ class EnsembleEvaluator:
     def fn(chunk):
       x = evaluation._pad([r[0] for r in chunk], self.lengths["inputs"])
       ids = np.asarray([r[1] for r in chunk], np.int32)
-      put = functools.partial(evaluation.put_rows, mesh=self.mesh)
-      return decode(self.params, put(x), task_ids=put(ids))
+      return decode(self.params, self._put(x), task_ids=self._put(ids))
 
     tokens = _batched(fn, rows, self.batch_size)  # [E * M, T]
     return tokens.reshape(len(exs), m, -1).transpose(1, 0, 2)
