@@ -158,11 +158,13 @@ def test_speed_switches_reach_the_model_config_and_the_input_pipeline():
   from prompt_jax import configurables, runs
   from prompt_jax.models import T5Config
   from prompt_jax.train import inputs
-  files = ["models/t5_1_1.gin", "models/bf16_activations.gin", "models/remat.gin"]
+  files = ["models/t5_1_1.gin", "models/bf16_activations.gin", "models/remat.gin",
+           "models/hf_dropout.gin"]
   cli.parse_gin(files, ["inputs.LengthBuckets.enabled = False"])
   try:
     overrides = runs.architecture()
     assert overrides["dtype"] == "bfloat16" and overrides["remat"] is True
+    assert overrides["dropout_broadcast_length"] is False
     config = T5Config(**overrides)
     assert "remat" not in config.to_hf_dict() and "dtype" not in config.to_hf_dict()
     assert configurables.LengthBuckets() == inputs.FIXED_SHAPES

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 
 _GATED = {"gated-gelu", "gated-gelu_new", "gated-silu", "gated-relu"}
 _PLAIN = {"relu", "gelu", "gelu_new", "silu"}
+# How we compute, not what the checkpoint is: never read from or written to HF config.json.
+_NOT_HF = ("dtype", "remat", "dropout_broadcast_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +27,11 @@ class T5Config:
   its gradient and optimizer state are float32). `remat` recomputes each encoder and
   decoder layer's activations in the backward pass instead of keeping them (less memory,
   about one more forward pass of compute); neither changes the parameter tree.
+
+  `dropout_broadcast_length` (default, as T5X's T5): every dropout mask is drawn once per
+  example and feature and shared along the length axis (attention weights: per key, shared
+  over the queries), except the encoder output's; False draws one per entry, as HF does.
+  Same expected value, L times fewer random draws.
   """
 
   vocab_size: int = 32128
@@ -45,6 +52,7 @@ class T5Config:
   decoder_start_token_id: int = 0
   dtype: str = "float32"
   remat: bool = False
+  dropout_broadcast_length: bool = True
 
   def __post_init__(self):
     if self.feed_forward_proj not in _GATED | _PLAIN:
@@ -85,7 +93,7 @@ class T5Config:
     """Builds a config from an HF `config.json` dict; unknown HF keys are ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
     # HF's `dtype` is the stored weights' dtype (e.g. float16), not our activation dtype.
-    kwargs = {k: v for k, v in hf.items() if k in names and k not in ("dtype", "remat")}
+    kwargs = {k: v for k, v in hf.items() if k in names and k not in _NOT_HF}
     if kwargs.get("num_decoder_layers") is None:
       kwargs["num_decoder_layers"] = hf.get("num_layers", cls.num_layers)
     if "tie_word_embeddings" not in hf:
@@ -105,7 +113,7 @@ class T5Config:
   def to_hf_dict(self) -> dict[str, Any]:
     """The HF `config.json` fields of this config (for writing HF-format checkpoints)."""
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-           if f.name not in ("dtype", "remat")}
+           if f.name not in _NOT_HF}
     out.update(model_type="t5", architectures=["T5ForConditionalGeneration"],
                is_encoder_decoder=True, is_gated_act=self.is_gated,
                dense_act_fn=self.activation)

@@ -11,9 +11,15 @@ hash, the threshold and the select into the kernels around them; and each hash g
 The bits of entry i depend only on the key and i's position in the full array (the counter is
 the global row-major index), so the mask is the same however the array is sharded and
 whichever device computes it.
+
+`broadcast_dims` (as in `flax.linen.Dropout`) draws one mask entry per position of the other
+axes and shares it along these: T5X's T5 shares every mask along the length axis, so a
+[B, L, D] activation needs B * D draws instead of B * L * D.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -70,11 +76,18 @@ def uniform16(key: Array, shape: tuple[int, ...]) -> Array:
   return halves.reshape(*lead, -1)[..., :last].reshape(shape)  # [..., 4 * hashes] -> shape
 
 
-def dropout(x: Array, rate: float, rng: Array) -> Array:
+def mask_shape(shape: tuple[int, ...], broadcast_dims: Sequence[int]) -> tuple[int, ...]:
+  """`shape` with the `broadcast_dims` axes (negative counts from the end) set to 1."""
+  dims = {d % len(shape) for d in broadcast_dims} if shape else set()
+  return tuple(1 if axis in dims else n for axis, n in enumerate(shape))
+
+
+def dropout(x: Array, rate: float, rng: Array, broadcast_dims: Sequence[int] = ()) -> Array:
   """Inverted dropout: zeroes each entry with probability `rate`, scales the rest up.
 
   The keep mask is exact Bernoulli(1 - k / 2**16), k = round(rate * 2**16) (0.1 -> 0.1000061),
-  and kept entries are divided by that exact keep probability, so E[dropout(x)] = x.
+  and kept entries are divided by that exact keep probability, so E[dropout(x)] = x. Along
+  `broadcast_dims` the mask is shared (one draw for the whole axis).
   """
   if not 0.0 <= rate <= 1.0:
     raise ValueError(f"dropout rate must be in [0, 1], got {rate}.")
@@ -83,7 +96,8 @@ def dropout(x: Array, rate: float, rng: Array) -> Array:
     return x
   if k == _LEVELS:
     return jnp.zeros_like(x)
-  keep = uniform16(rng, x.shape) >= np.uint16(k)
+  keep = uniform16(rng, mask_shape(x.shape, broadcast_dims)) >= np.uint16(k)
+  keep = jnp.broadcast_to(keep, x.shape)
   scale = jnp.asarray(_LEVELS / (_LEVELS - k), x.dtype)
   return jax.lax.select(keep, x * scale, jnp.zeros_like(x))
 
@@ -91,9 +105,10 @@ def dropout(x: Array, rate: float, rng: Array) -> Array:
 class Dropout(nn.Module):
   """`dropout` with its key from the module's "dropout" RNG stream (as `nn.Dropout`)."""
   rate: float
+  broadcast_dims: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
     if deterministic or self.rate == 0:
       return x
-    return dropout(x, self.rate, self.make_rng("dropout"))
+    return dropout(x, self.rate, self.make_rng("dropout"), self.broadcast_dims)

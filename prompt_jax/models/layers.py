@@ -113,6 +113,7 @@ class MultiHeadAttention(nn.Module):
   d_kv: int
   dropout_rate: float
   dtype: Any = jnp.float32
+  dropout_broadcast_length: bool = False  # Share the weights' mask over queries (T5X).
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array, *,
@@ -161,7 +162,8 @@ class MultiHeadAttention(nn.Module):
     logits = jnp.einsum("BLHK,BSHK->BHLS", query, key).astype(jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
-      weights = Dropout(self.dropout_rate)(weights, deterministic=False)
+      shared = (-2,) if self.dropout_broadcast_length else ()  # [B, H, 1, S] mask.
+      weights = Dropout(self.dropout_rate, shared)(weights, deterministic=False)
     context = jnp.einsum("BHLS,BSHK->BLHK", weights, value).reshape(*query.shape[:2], hk)
     w_out = Kernel((hk, d_model), ("joined_kv", "embed"), out_init, name="out")()
     return jnp.einsum("BLJ,JD->BLD", context, w_out.astype(self.dtype))
@@ -189,6 +191,7 @@ class MlpBlock(nn.Module):
   gated: bool
   dropout_rate: float
   dtype: Any = jnp.float32
+  dropout_broadcast_length: bool = False  # Share the hidden mask along L (T5X).
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -205,7 +208,8 @@ class MlpBlock(nn.Module):
     h = act(hidden[0]) * hidden[1] if self.gated else act(hidden[0])
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     if not deterministic and self.dropout_rate > 0:
-      h = Dropout(self.dropout_rate)(h, deterministic=False)
+      shared = (-2,) if self.dropout_broadcast_length else ()  # [B, 1, F] mask.
+      h = Dropout(self.dropout_rate, shared)(h, deterministic=False)
     w_out = Kernel((self.d_ff, d_model), ("mlp", "embed"),
                    nn.initializers.normal(self.d_ff ** -0.5), name="wo")()
     return jnp.einsum("BLF,FD->BLD", h, w_out.astype(self.dtype))

@@ -70,10 +70,12 @@ class Embed(nn.Module):
     return jnp.einsum("BTD,VD->BTV", x, self.embedding.astype(self.dtype))
 
 
-def _dropout(x: Array, rate: float, deterministic: bool) -> Array:
-  if deterministic or rate == 0:
+def _dropout(x: Array, cfg: T5Config, deterministic: bool, *, full: bool = False) -> Array:
+  """Dropout of a [B, L, D] activation; its mask shared along L unless `full` (see T5Config)."""
+  if deterministic or cfg.dropout_rate == 0:
     return x
-  return Dropout(rate)(x, deterministic=False)
+  shared = cfg.dropout_broadcast_length and not full
+  return Dropout(cfg.dropout_rate, (-2,) if shared else ())(x, deterministic=False)
 
 
 class EncoderLayer(nn.Module):
@@ -84,13 +86,15 @@ class EncoderLayer(nn.Module):
     cfg = self.config
     dt = cfg.activation_dtype
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_attention_layer_norm")(x)
-    h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dt, name="attention")(
+    h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dt,
+                           cfg.dropout_broadcast_length, name="attention")(
         h, h, bias, deterministic=deterministic)
-    x = x + _dropout(h, cfg.dropout_rate, deterministic)
+    x = x + _dropout(h, cfg, deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
-    h = MlpBlock(cfg.d_ff, cfg.activation, cfg.is_gated, cfg.dropout_rate, dt, name="mlp")(
+    h = MlpBlock(cfg.d_ff, cfg.activation, cfg.is_gated, cfg.dropout_rate, dt,
+                 cfg.dropout_broadcast_length, name="mlp")(
         h, deterministic=deterministic)
-    x = x + _dropout(h, cfg.dropout_rate, deterministic)
+    x = x + _dropout(h, cfg, deterministic)
     return nn.with_logical_constraint(x, EMBED_AXES)
 
 
@@ -103,18 +107,19 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     dt = cfg.activation_dtype
     attn = lambda name: MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dt,
-                                           name=name)
+                                           cfg.dropout_broadcast_length, name=name)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(y)
     h = attn("self_attention")(h, h, self_bias, deterministic=deterministic, decode=decode)
-    y = y + _dropout(h, cfg.dropout_rate, deterministic)
+    y = y + _dropout(h, cfg, deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(y)
     h = attn("encoder_decoder_attention")(h, encoded, cross_bias, deterministic=deterministic,
                                           cache_kv_inputs=decode)
-    y = y + _dropout(h, cfg.dropout_rate, deterministic)
+    y = y + _dropout(h, cfg, deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(y)
-    h = MlpBlock(cfg.d_ff, cfg.activation, cfg.is_gated, cfg.dropout_rate, dt, name="mlp")(
+    h = MlpBlock(cfg.d_ff, cfg.activation, cfg.is_gated, cfg.dropout_rate, dt,
+                 cfg.dropout_broadcast_length, name="mlp")(
         h, deterministic=deterministic)
-    y = y + _dropout(h, cfg.dropout_rate, deterministic)
+    y = y + _dropout(h, cfg, deterministic)
     return nn.with_logical_constraint(y, EMBED_AXES)
 
 
@@ -130,13 +135,13 @@ class Encoder(nn.Module):
                                   cfg.relative_attention_max_distance, cfg.num_heads,
                                   bidirectional=True, name="relpos_bias")(length, length)
     bias = attention_bias_from_mask(mask[:, None, :, None] & mask[:, None, None, :]) + relpos
-    x = _dropout(nn.with_logical_constraint(x, EMBED_AXES), cfg.dropout_rate, deterministic)
+    x = _dropout(nn.with_logical_constraint(x, EMBED_AXES), cfg, deterministic)
     # nn.remat keeps the parameter names (layers_<i>/...); `deterministic` is static.
     layer = nn.remat(EncoderLayer, static_argnums=(3,)) if cfg.remat else EncoderLayer
     for i in range(cfg.num_layers):
       x = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
-    return _dropout(x, cfg.dropout_rate, deterministic)
+    return _dropout(x, cfg, deterministic, full=True)  # T5X: the one unshared mask.
 
 
 class Decoder(nn.Module):
@@ -159,14 +164,14 @@ class Decoder(nn.Module):
     cross_bias = attention_bias_from_mask(
         jnp.broadcast_to(encoder_mask[:, None, None, :],
                          (encoder_mask.shape[0], 1, y.shape[1], encoder_mask.shape[1])))
-    y = _dropout(nn.with_logical_constraint(y, EMBED_AXES), cfg.dropout_rate, deterministic)
+    y = _dropout(nn.with_logical_constraint(y, EMBED_AXES), cfg, deterministic)
     remat = cfg.remat and not decode  # Cached decoding has no backward pass.
     layer = nn.remat(DecoderLayer, static_argnums=(5, 6)) if remat else DecoderLayer
     for i in range(cfg.num_decoder_layers):
       y = layer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic,
                                          decode)
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(y)
-    y = _dropout(y, cfg.dropout_rate, deterministic)
+    y = _dropout(y, cfg, deterministic)
     if cfg.tie_word_embeddings:
       # T5 1.0 rescales before the tied projection.
       logits = shared_embedding.attend(y * (cfg.d_model ** -0.5))

@@ -1,4 +1,5 @@
-"""Dropout: its hash is Threefry, its rate and scale are exact, its mask ignores sharding."""
+"""Dropout: its hash is Threefry, its rate and scale are exact, its mask ignores sharding and
+is shared along the length axis as in T5X."""
 
 import jax
 import jax.extend.random as jex_random
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prompt_jax.models.dropout import dropout, threefry2x32, uniform16
+from prompt_jax.models.dropout import dropout, mask_shape, threefry2x32, uniform16
+from prompt_jax.models.layers import MlpBlock, MultiHeadAttention
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])
@@ -72,3 +74,43 @@ def test_dropout_mask_does_not_depend_on_sharding():
   single = fn(x)
   sharded = fn(jax.device_put(x, NamedSharding(mesh, PartitionSpec(None, "model"))))
   np.testing.assert_array_equal(single, sharded)
+
+
+def test_broadcast_dims_share_one_mask_along_the_axis():
+  x = jnp.ones((4, 37, 65))
+  y = np.asarray(dropout(x, 0.5, jax.random.PRNGKey(6), broadcast_dims=(-2,))) != 0
+  np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1], y.shape))  # Same along axis 1.
+  assert 0.3 < y[:, 0].mean() < 0.7 and len({r.tobytes() for r in y[:, 0]}) == 4
+  assert mask_shape((4, 37, 65), (-2,)) == (4, 1, 65) == mask_shape((4, 37, 65), (1,))
+  assert mask_shape((2, 3), ()) == (2, 3)
+
+
+def _layer_rows(module, inputs, shared: bool):
+  """Outputs of a layer whose L input rows are equal, with dropout (shared along L or not)."""
+  m = module.clone(dropout_broadcast_length=shared)
+  params = m.init(jax.random.PRNGKey(0), *inputs, deterministic=True)
+  return np.asarray(m.apply(params, *inputs, deterministic=False,
+                            rngs={"dropout": jax.random.PRNGKey(7)}))
+
+
+@pytest.mark.parametrize("layer", ["mlp", "attention"])
+def test_t5x_masks_are_shared_along_length_in_the_layers(layer):
+  """Equal input rows give equal output rows iff each mask is shared along the length axis
+  (attention: the weights' mask shared over the queries)."""
+  x = jnp.broadcast_to(jax.random.normal(jax.random.PRNGKey(1), (2, 1, 16)), (2, 9, 16))
+  if layer == "mlp":
+    module, inputs = MlpBlock(32, "gelu_new", True, 0.5), (x,)
+  else:
+    module, inputs = MultiHeadAttention(2, 8, 0.5), (x, x, jnp.zeros((1, 2, 9, 9)))
+  shared = _layer_rows(module, inputs, True)
+  np.testing.assert_allclose(shared, np.broadcast_to(shared[:, :1], shared.shape), atol=1e-6)
+  full = _layer_rows(module, inputs, False)
+  assert not np.allclose(full, np.broadcast_to(full[:, :1], full.shape), atol=1e-3)
+
+
+def test_t5x_masks_are_the_default_and_stay_out_of_hf_configs():
+  from prompt_jax.models import T5Config
+  assert T5Config().dropout_broadcast_length
+  assert "dropout_broadcast_length" not in T5Config().to_hf_dict()
+  cfg = T5Config.from_hf_dict({"dropout_broadcast_length": False, "d_model": 64})
+  assert cfg.dropout_broadcast_length and cfg.d_model == 64
