@@ -560,6 +560,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--skip_train", action="store_true",
                  help="Skip the training-step modes: time only the peak and the --eval / "
                       "--bucketing cases.")
+  p.add_argument("--profile", metavar="DIR", default="",
+                 help="Instead of timing: trace --steps prompt-tuning steps with jax.profiler "
+                      "into DIR and print where the step's time goes (prompt_jax.bench_profile).")
   p.add_argument("--in_process", action="store_true",
                  help="Run every mode in this process (peak RSS becomes cumulative).")
   p.add_argument("--serve", choices=MODES + METHOD_MODES + (PEER_MODE, MATMUL) + ALL_CASES
@@ -590,6 +593,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise SystemExit("bench: --steps must be >= 1 and --warmup >= 0.")
   if args.serve:
     return serve(args.serve, cfg)
+  if args.profile:
+    from prompt_jax import bench_profile
+    result = bench_profile.profile(cfg, args.profile)
+    logging.info("profile:\n%s", bench_profile.report(result))
+    print(json.dumps(result), flush=True)
+    return 0
   result = run_bench(cfg, args.peer, isolate=not args.in_process)
   print(json.dumps(result), flush=True)
   return 0

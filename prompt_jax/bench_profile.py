@@ -1,0 +1,194 @@
+"""`prompt-jax bench --profile DIR`: where the prompt-tuning step's time goes.
+
+Traces `--steps` steps of the benchmark's prompt-tuning step with `jax.profiler` (a Perfetto
+trace, written under DIR) and joins the trace's per-kernel events with the compiled HLO:
+
+* dot kernels: the wall time during which at least one matmul runs, their FLOPs (counted
+  from the HLO's dot shapes) and so the FLOP/s they reach while running;
+* everything else: the wall time during which no matmul runs (what keeps the step from the
+  matmul peak), and each non-matmul kernel's time grouped by what the model was doing
+  (the JAX op path of its HLO metadata, with layer numbers folded together).
+
+Times are per step, averaged over the traced steps. Tracing costs a little time itself, so
+the step time here is a few percent above the untraced bench's. The breakdown needs the
+XLA:CPU thunk runtime's per-kernel events; on another backend it fails readably.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+_INSTR = re.compile(r"\s+(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*)")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{$")
+_NOT_KERNELS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end:")
+_STEP_EVENT = "ThunkExecutor::Execute (wait for completion)"
+
+
+def _dims(shape: str) -> list[int]:
+  m = re.match(r"\w+\[([\d,]*)\]", shape)
+  return [int(x) for x in m.group(1).split(",") if x] if m else []
+
+
+def hlo_kernels(hlo_text: str) -> dict[str, dict[str, Any]]:
+  """Each top-level instruction of a compiled module: its dot FLOPs and JAX op path.
+
+  A fusion's FLOPs are those of the dots inside its fused computation (2 * output size *
+  contracted size), so a kernel counts as a matmul when it contains one.
+  """
+  bodies: dict[str, list[str]] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m:
+      current = m.group(1)
+      bodies[current] = []
+    elif line.startswith("}"):
+      current = None
+    elif current is not None:
+      bodies[current].append(line)
+
+  parsed = {c: [m.groups() + (line,) for line in lines if (m := _INSTR.match(line))]
+            for c, lines in bodies.items()}
+  shapes = {c: {name: _dims(shape) for name, shape, *_ in instrs}
+            for c, instrs in parsed.items()}
+
+  def dot_flops(computation: str, only: str | None = None) -> float:
+    flops = 0.0
+    for name, shape, op, args, line in parsed.get(computation, []):
+      if op != "dot" or (only is not None and name != only):
+        continue
+      lhs = shapes[computation][re.findall(r"%([\w.\-]+)", args)[0]]
+      contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
+      dims = [int(x) for x in contracting.group(1).split(",") if x] if contracting else []
+      flops += 2.0 * math.prod(_dims(shape)) * math.prod(lhs[d] for d in dims)
+    return flops
+
+  fused = {c for instrs in parsed.values() for *_, line in instrs
+           for c in re.findall(r"calls=%([\w.\-]+)", line)}
+  kernels = {}
+  for computation, instrs in parsed.items():
+    if computation in fused:  # Its instructions run inside their caller's kernel.
+      continue
+    for name, shape, op, _, line in instrs:
+      called = re.search(r"calls=%([\w.\-]+)", line)
+      flops = dot_flops(called.group(1)) if called else 0.0
+      if op == "dot":
+        flops = dot_flops(computation, only=name)
+      path = re.search(r'op_name="([^"]*)"', line)
+      kernels[name] = {"flops": flops, "shape": shape.split("{")[0],
+                       "op": op_group(path.group(1) if path else op)}
+  return kernels
+
+
+def op_group(op_name: str) -> str:
+  """A JAX op path shortened to what it did: 'encoder/attention/Dropout_0/select_n'."""
+  path = re.sub(r"layers_\d+", "layers_N", op_name)
+  path = re.sub(r"^jit\([^)]*\)/", "", path)
+  backward = path.startswith("transpose(")
+  parts = [p for p in re.sub(r"[a-z_]+\(|\)", "", path).split("/") if p]
+  keep = [p for p in parts if p not in ("T5Transformer", "layers_N") and not p.startswith(
+      "T5Transformer.")]
+  return ("backward: " if backward else "") + "/".join(keep[-3:])
+
+
+def _union_ms(intervals: list[tuple[float, float]]) -> float:
+  total, end = 0.0, -math.inf
+  for s, e in sorted(intervals):
+    if s > end:
+      total += e - s
+      end = e
+    elif e > end:
+      total += e - end
+      end = e
+  return total / 1e3
+
+
+def breakdown(trace: dict[str, Any], kernels: dict[str, dict[str, Any]],
+              top: int = 15) -> dict[str, Any]:
+  """The per-step breakdown of a Perfetto trace of `n` steps of one compiled module."""
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  spans = [e for e in events if e.get("ph") == "X"]
+  steps = [e for e in spans if e["name"] == _STEP_EVENT]
+  # Kernels run on XLA's worker threads, or inline on the caller's thread when small: any
+  # event named after a top-level HLO instruction is one.
+  work = [e for e in spans if e["name"] in kernels and not e["name"].startswith(_NOT_KERNELS)]
+  if not steps or not work:
+    raise RuntimeError("the trace has no XLA:CPU kernel events (thunk runtime); "
+                       "--profile reads CPU traces only.")
+  n = len(steps)
+  is_dot = lambda e: kernels[e["name"]]["flops"] > 0
+  dots = [(e["ts"], e["ts"] + e["dur"]) for e in work if is_dot(e)]
+  others = [(e["ts"], e["ts"] + e["dur"]) for e in work if not is_dot(e)]
+  step_ms = sum(e["dur"] for e in steps) / 1e3 / n
+  dot_ms = _union_ms(dots) / n
+  dot_flops = sum(kernels[e["name"]]["flops"] for e in work if is_dot(e)) / n
+  by_op: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+  for e in work:
+    if not is_dot(e):
+      by_op[kernels[e["name"]]["op"]][0] += e["dur"] / 1e3 / n
+  dot_by_shape: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+  for e in work:
+    if is_dot(e):
+      key = kernels[e["name"]]["shape"]
+      dot_by_shape[key][0] += e["dur"] / 1e3 / n
+      dot_by_shape[key][1] += kernels[e["name"]]["flops"] / n
+  ranked = lambda d: sorted(d.items(), key=lambda kv: -kv[1][0])[:top]
+  return {
+      "steps": n, "step_ms": step_ms, "dot_running_ms": dot_ms, "dot_gflop": dot_flops / 1e9,
+      "dot_gflops_while_running": dot_flops / dot_ms / 1e6 if dot_ms else 0.0,
+      "no_dot_running_ms": max(step_ms - dot_ms, 0.0),
+      "non_dot_kernel_ms": _union_ms(others) / n,
+      "non_dot_by_op": [{"op": k, "thread_ms": v[0]} for k, v in ranked(by_op)],
+      "dots_by_output_shape": [{"shape": k, "thread_ms": v[0], "gflop": v[1] / 1e9}
+                               for k, v in ranked(dot_by_shape)],
+  }
+
+
+def profile(cfg, out_dir: str) -> dict[str, Any]:
+  """Traces `cfg.steps` prompt-tuning steps after `cfg.warmup`; returns the breakdown."""
+  import jax
+  from prompt_jax import bench
+  runner = bench.JaxStepRunner("prompt_tuning", cfg)
+  for _ in range(max(cfg.warmup, 1)):
+    runner.step()
+  untraced = min(runner.step() for _ in range(cfg.steps)) * 1e3
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  jax.profiler.start_trace(str(out), create_perfetto_trace=True)
+  try:
+    for _ in range(cfg.steps):
+      runner.step()
+  finally:
+    jax.profiler.stop_trace()
+  traces = sorted(out.glob("plugins/profile/*/perfetto_trace.json.gz"),
+                  key=lambda p: p.stat().st_mtime)
+  if not traces:
+    raise RuntimeError(f"jax.profiler wrote no Perfetto trace under {out}.")
+  with gzip.open(traces[-1]) as f:
+    trace = json.load(f)
+  hlo = runner.compiled.as_text()
+  (out / "step.hlo.txt").write_text(hlo)
+  kernels = hlo_kernels(hlo)
+  result = breakdown(trace, kernels)
+  result.update(untraced_best_step_ms=untraced, trace=str(traces[-1]),
+                flops_per_step=runner.flops,
+                hlo_dot_gflop=sum(k["flops"] for k in kernels.values()) / 1e9)
+  return result
+
+
+def report(result: dict[str, Any]) -> str:
+  """The breakdown as a few readable lines (stderr; the JSON goes to stdout)."""
+  lines = [f"step {result['step_ms']:.1f} ms traced ({result['untraced_best_step_ms']:.1f} ms "
+           f"best untraced); matmuls running {result['dot_running_ms']:.1f} ms at "
+           f"{result['dot_gflops_while_running']:.1f} GFLOP/s; no matmul running "
+           f"{result['no_dot_running_ms']:.1f} ms"]
+  lines += [f"  {r['thread_ms']:7.2f} ms  {r['op']}" for r in result["non_dot_by_op"]]
+  lines += [f"  dot {r['shape']:24s} {r['thread_ms']:7.2f} ms {r['gflop']:7.2f} GFLOP"
+            for r in result["dots_by_output_shape"]]
+  return "\n".join(lines)
