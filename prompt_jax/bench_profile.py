@@ -22,7 +22,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 _INSTR = re.compile(r"\s+(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*)")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{$")
