@@ -83,7 +83,7 @@ def test_repeated_sigkill_at_random_moments_ends_bitwise_equal(tmp_path):
   reference = _run_script(tmp_path / "a", steps)
   assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
   rng = random.Random(0)
-  for _ in range(3):  # Three kills, each at a random moment of a (resumed) run.
+  for _ in range(2):  # Two kills, each at a random moment of a (resumed) run.
     victim = _run_script(tmp_path / "b", steps)
     time.sleep(rng.uniform(4.0, 9.0))  # Start-up is ~4 s: kills land in loading or steps.
     victim.send_signal(signal.SIGKILL)

@@ -102,17 +102,13 @@ def _checkpoint_params(model_dir, step) -> dict[str, np.ndarray]:
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
                           tree)
     state = ckptr.restore(path, target)
-  flat = {}
+  return _flatten(state["params"])
 
-  def walk(prefix, tree):
-    if isinstance(tree, dict):
-      for k, v in tree.items():
-        walk(f"{prefix}/{k}", v)
-    else:
-      flat[prefix] = np.asarray(tree)
 
-  walk("", state["params"])
-  return flat
+def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
+  if not isinstance(tree, dict):
+    return {prefix: np.asarray(tree)}
+  return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}/{key}").items()}
 
 
 def _assert_positions(errs: list[str], positions: list[str]) -> None:
@@ -148,18 +144,17 @@ def test_both_layouts_bitwise_equal_to_one_process_across_restarts(tmp_path):
 
 
 @pytest.mark.slow
-def test_model_tuning_saves_on_both_layouts(tmp_path):
-  """Every weight trains and is saved (Orbax, from both processes); the two layouts'
-  checkpoints agree bit for bit (the prompt-tuning tests above compare both layouts with
-  one process)."""
-  saved = {}
-  for name, extra in (("rows", []), ("spans", [MODEL_SPANS])):
-    _two_processes(tmp_path / name, 1, MODEL_TUNING, extra)
-    saved[name] = _checkpoint_params(tmp_path / name, 1)
-    assert (tmp_path / name / f"inference/{TASK}-1.jsonl").exists()
+def test_model_tuning_saves_from_both_processes(tmp_path):
+  """Every weight trains and is saved (Orbax, from both processes) with the model axis
+  across the processes, so each process holds half of every split weight: the checkpoint
+  restores only if both halves were written. (The layouts' bitwise agreement is the
+  prompt-tuning test's above; a model-tuning run on the other layout was bitwise equal to
+  this one when last compared, and was dropped to keep the suite short.)"""
+  _two_processes(tmp_path / "spans", 1, MODEL_TUNING, [MODEL_SPANS])
+  saved = _checkpoint_params(tmp_path / "spans", 1)
+  assert (tmp_path / "spans" / f"inference/{TASK}-1.jsonl").exists()
   _, initial = load_pretrained(T5X_TINY)
-  assert not np.array_equal(saved["rows"]["/token_embedder/embedding"],
-                            np.asarray(initial["token_embedder"]["embedding"]))  # It trained.
-  assert saved["rows"].keys() == saved["spans"].keys()
-  for key, want in saved["rows"].items():
-    np.testing.assert_array_equal(saved["spans"][key], want, err_msg=key)
+  flat_initial = _flatten(initial)
+  assert saved.keys() == flat_initial.keys()
+  moved = [k for k in saved if not np.array_equal(saved[k], flat_initial[k])]
+  assert "/token_embedder/embedding" in moved and len(moved) > len(saved) // 2, moved
