@@ -109,9 +109,31 @@ def _union_ms(intervals: list[tuple[float, float]]) -> float:
   return total / 1e3
 
 
+def wall_shares(spans: list[tuple[float, float]]) -> list[float]:
+  """Each interval's share of the wall clock: while k intervals overlap, each gets 1/k of
+  that time, so the shares add up to the union's length (same units as the input)."""
+  points = sorted([(s, 1, i) for i, (s, _) in enumerate(spans)]
+                  + [(e, -1, i) for i, (_, e) in enumerate(spans)])
+  shares, running, last = [0.0] * len(spans), set(), 0.0
+  for t, kind, i in points:
+    for j in running:
+      shares[j] += (t - last) / len(running)
+    last = t
+    if kind == 1:
+      running.add(i)
+    else:
+      running.discard(i)
+  return shares
+
+
 def breakdown(trace: dict[str, Any], kernels: dict[str, dict[str, Any]],
               top: int = 15) -> dict[str, Any]:
-  """The per-step breakdown of a Perfetto trace of `n` steps of one compiled module."""
+  """The per-step breakdown of a Perfetto trace of `n` steps of one compiled module.
+
+  `thread_ms` adds the kernels' own durations (two kernels side by side count twice);
+  `wall_ms` is their share of the wall clock (see `wall_shares`), so a group's FLOPs over
+  its `wall_ms` is the rate it adds to the step.
+  """
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   spans = [e for e in events if e.get("ph") == "X"]
   steps = [e for e in spans if e["name"] == _STEP_EVENT]
@@ -122,31 +144,33 @@ def breakdown(trace: dict[str, Any], kernels: dict[str, dict[str, Any]],
     raise RuntimeError("the trace has no XLA:CPU kernel events (thunk runtime); "
                        "--profile reads CPU traces only.")
   n = len(steps)
-  is_dot = lambda e: kernels[e["name"]]["flops"] > 0
-  dots = [(e["ts"], e["ts"] + e["dur"]) for e in work if is_dot(e)]
-  others = [(e["ts"], e["ts"] + e["dur"]) for e in work if not is_dot(e)]
+  intervals = [(e["ts"], e["ts"] + e["dur"]) for e in work]
+  shares = wall_shares(intervals)
+  is_dot = [kernels[e["name"]]["flops"] > 0 for e in work]
   step_ms = sum(e["dur"] for e in steps) / 1e3 / n
-  dot_ms = _union_ms(dots) / n
-  dot_flops = sum(kernels[e["name"]]["flops"] for e in work if is_dot(e)) / n
-  by_op: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
-  for e in work:
-    if not is_dot(e):
-      by_op[kernels[e["name"]]["op"]][0] += e["dur"] / 1e3 / n
-  dot_by_shape: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
-  for e in work:
-    if is_dot(e):
-      key = kernels[e["name"]]["shape"]
-      dot_by_shape[key][0] += e["dur"] / 1e3 / n
-      dot_by_shape[key][1] += kernels[e["name"]]["flops"] / n
-  ranked = lambda d: sorted(d.items(), key=lambda kv: -kv[1][0])[:top]
+  dot_ms = _union_ms([iv for iv, d in zip(intervals, is_dot) if d]) / n
+  dot_flops = sum(kernels[e["name"]]["flops"] for e, d in zip(work, is_dot) if d) / n
+  groups: dict[tuple[bool, str], list[float]] = collections.defaultdict(lambda: [0.0] * 3)
+  for e, share, dot in zip(work, shares, is_dot):
+    kernel = kernels[e["name"]]
+    g = groups[(dot, kernel["shape"] if dot else kernel["op"])]
+    g[0] += share / 1e3 / n
+    g[1] += e["dur"] / 1e3 / n
+    g[2] += kernel["flops"] / n
+  ranked = lambda dot: sorted(((k, v) for (d, k), v in groups.items() if d == dot),
+                              key=lambda kv: -kv[1][0])[:top]
   return {
       "steps": n, "step_ms": step_ms, "dot_running_ms": dot_ms, "dot_gflop": dot_flops / 1e9,
       "dot_gflops_while_running": dot_flops / dot_ms / 1e6 if dot_ms else 0.0,
       "no_dot_running_ms": max(step_ms - dot_ms, 0.0),
-      "non_dot_kernel_ms": _union_ms(others) / n,
-      "non_dot_by_op": [{"op": k, "thread_ms": v[0]} for k, v in ranked(by_op)],
-      "dots_by_output_shape": [{"shape": k, "thread_ms": v[0], "gflop": v[1] / 1e9}
-                               for k, v in ranked(dot_by_shape)],
+      "non_dot_kernel_ms": _union_ms([iv for iv, d in zip(intervals, is_dot) if not d]) / n,
+      "non_dot_wall_ms": sum(v[0] for (d, _), v in groups.items() if not d),
+      "non_dot_by_op": [{"op": k, "wall_ms": v[0], "thread_ms": v[1]}
+                        for k, v in ranked(False)],
+      "dots_by_output_shape": [{"shape": k, "wall_ms": v[0], "thread_ms": v[1],
+                                "gflop": v[2] / 1e9,
+                                "gflops_per_wall_s": v[2] / v[0] / 1e6 if v[0] else 0.0}
+                               for k, v in ranked(True)],
   }
 
 
@@ -187,8 +211,12 @@ def report(result: dict[str, Any]) -> str:
   lines = [f"step {result['step_ms']:.1f} ms traced ({result['untraced_best_step_ms']:.1f} ms "
            f"best untraced); matmuls running {result['dot_running_ms']:.1f} ms at "
            f"{result['dot_gflops_while_running']:.1f} GFLOP/s; no matmul running "
-           f"{result['no_dot_running_ms']:.1f} ms"]
-  lines += [f"  {r['thread_ms']:7.2f} ms  {r['op']}" for r in result["non_dot_by_op"]]
-  lines += [f"  dot {r['shape']:24s} {r['thread_ms']:7.2f} ms {r['gflop']:7.2f} GFLOP"
-            for r in result["dots_by_output_shape"]]
+           f"{result['no_dot_running_ms']:.1f} ms; non-matmul kernels' wall share "
+           f"{result['non_dot_wall_ms']:.1f} ms",
+           "  wall ms  thread ms  non-matmul op"]
+  lines += [f"  {r['wall_ms']:7.2f}  {r['thread_ms']:9.2f}  {r['op']}"
+            for r in result["non_dot_by_op"]]
+  lines.append("  wall ms  thread ms   GFLOP  GFLOP/s  matmul output")
+  lines += [f"  {r['wall_ms']:7.2f}  {r['thread_ms']:9.2f}  {r['gflop']:6.2f}  "
+            f"{r['gflops_per_wall_s']:7.1f}  {r['shape']}" for r in result["dots_by_output_shape"]]
   return "\n".join(lines)

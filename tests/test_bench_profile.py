@@ -42,7 +42,16 @@ def test_breakdown_unions_concurrent_kernels_per_step():
   assert result["dot_gflop"] == pytest.approx(4e-3)
   assert result["dot_gflops_while_running"] == pytest.approx(4e6 / 60e-6 / 1e9)
   assert result["no_dot_running_ms"] == pytest.approx(0.04)
-  assert result["non_dot_by_op"] == [{"op": "encoder/add", "thread_ms": pytest.approx(0.02)}]
+  assert result["non_dot_by_op"] == [{"op": "encoder/add", "wall_ms": pytest.approx(0.02),
+                                      "thread_ms": pytest.approx(0.02)}]
+  dots, = result["dots_by_output_shape"]  # Side by side for 20 of their 80 thread-us.
+  assert dots["thread_ms"] == pytest.approx(0.08) and dots["wall_ms"] == pytest.approx(0.06)
+  assert dots["gflops_per_wall_s"] == pytest.approx(result["dot_gflops_while_running"])
+
+
+def test_wall_shares_split_overlaps_and_add_up_to_the_union():
+  shares = bench_profile.wall_shares([(0, 10), (5, 15), (20, 30), (21, 22)])
+  assert shares == pytest.approx([7.5, 7.5, 9.5, 0.5])
 
 
 def test_breakdown_refuses_a_trace_without_cpu_kernels():
