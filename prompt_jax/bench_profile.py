@@ -7,11 +7,14 @@ trace, written under DIR) and joins the trace's per-kernel events with the compi
   from the HLO's dot shapes) and so the FLOP/s they reach while running;
 * everything else: the wall time during which no matmul runs (what keeps the step from the
   matmul peak), and each non-matmul kernel's time grouped by what the model was doing
-  (the JAX op path of its HLO metadata, with layer numbers folded together).
+  (the JAX op path of its HLO metadata, with layer numbers folded together);
+* per group, its share of the wall clock (kernels running side by side split that time),
+  so the groups' shares add up to the step and FLOPs over a share is a group's real rate.
 
-Times are per step, averaged over the traced steps. Tracing costs a little time itself, so
-the step time here is a few percent above the untraced bench's. The breakdown needs the
-XLA:CPU thunk runtime's per-kernel events; on another backend it fails readably.
+Times are per step, averaged over the traced steps. Tracing adds some overhead; on a noisy
+host the traced step and the best untraced one (also reported) differ either way by up to
+~15 %. The breakdown needs the XLA:CPU thunk runtime's per-kernel events; on another
+backend it fails readably.
 """
 
 from __future__ import annotations
