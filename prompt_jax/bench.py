@@ -11,7 +11,8 @@ full-length batch, and prints ONE JSON object on stdout (logs go to stderr):
    # with --peer peft:
    "peft_prompt_tuning": {"steps_per_s", "examples_per_s", "peak_rss_mb"},
    "speedup_vs_peft": <prompt_tuning steps/s / peft steps/s>,
-   "dropout_0": {...},  # --peer peft, dropout > 0: prompt_tuning and PEFT at dropout 0
+   "dropout_0": {...},  # --peer peft, dropout > 0: prompt_tuning (with its fraction of the
+                        # peak) and PEFT at dropout 0
    "peak": {...}}       # the robust matmul peak (`prompt_jax.bench_cases`)
   plus, on request, "eval" (--eval), "bucketing" (--bucketing), "remat" (--remat): see
   `prompt_jax.bench_cases`; `--skip_train` leaves out the training-step modes.
@@ -478,8 +479,12 @@ def assemble(cfg: BenchConfig, seconds: Mapping[str, float],
   if PEER_MODE + DROPOUT_0 in seconds:
     ours, peer = (1.0 / seconds["prompt_tuning" + DROPOUT_0],
                   1.0 / seconds[PEER_MODE + DROPOUT_0])
+    mine: dict[str, float] = {"steps_per_s": ours, "examples_per_s": cfg.batch_size * ours}
+    flops = summaries.get("prompt_tuning" + DROPOUT_0, {}).get("flops_per_step")
+    if flops:  # The step without dropout's selects: its own FLOPs and fraction of the peak.
+      mine.update(flops_per_step=flops, flops_fraction_of_peak=flops * ours / peak)
     result["dropout_0"] = {
-        "prompt_tuning": {"steps_per_s": ours, "examples_per_s": cfg.batch_size * ours},
+        "prompt_tuning": mine,
         PEER_MODE: {"steps_per_s": peer, "examples_per_s": cfg.batch_size * peer},
         "speedup_vs_peft": ours / peer}
   return {**result, **cases}

@@ -105,7 +105,7 @@ def test_peer_sections_and_dropout_0_are_assembled_as_ratios():
   step = {"flops_per_step": 10.0, "peak_rss_mb": 1.0}
   peak = {"peak_flops": 100.0, "per_shape_flops": [50.0, 100.0], "shapes": [[1, 2, 3]] * 2}
   summaries = {"prompt_tuning": step, "model_tuning": step, "peft_prompt_tuning": step,
-               "peak": peak, "torch_peak": {**peak, "peak_flops": 200.0},
+               "prompt_tuning_dropout_0": {**step, "flops_per_step": 9.0}, "peak": peak, "torch_peak": {**peak, "peak_flops": 200.0},
                **{k: {"examples_per_step": 8.0} for k in
                   ("eval_rank", "hf_eval_rank", "eval_greedy", "hf_eval_greedy", "bucketing",
                    "fixed_padding", "peft_bucketing")}}
@@ -118,6 +118,7 @@ def test_peer_sections_and_dropout_0_are_assembled_as_ratios():
                             "remat_temp_mb": 2.0, "time_ratio": 2.0, "temp_memory_ratio": 0.25}
   assert result["matmul_peak_flops"] == 100.0 and result["peak"]["torch_matmul_flops"] == 200.0
   assert result["speedup_vs_peft"] == 2.0 and result["dropout_0"]["speedup_vs_peft"] == 4.0
+  assert result["dropout_0"]["prompt_tuning"]["flops_fraction_of_peak"] == 9.0 * 4.0 / 100.0
   assert result["eval"]["rank_classification"] == {
       "examples_per_s": 16.0, "hf_examples_per_s": 4.0, "speedup_vs_hf": 4.0}
   assert result["eval"]["greedy_decode"]["speedup_vs_hf"] == 3.0
