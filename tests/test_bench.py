@@ -105,7 +105,8 @@ def test_peer_sections_and_dropout_0_are_assembled_as_ratios():
   step = {"flops_per_step": 10.0, "peak_rss_mb": 1.0}
   peak = {"peak_flops": 100.0, "per_shape_flops": [50.0, 100.0], "shapes": [[1, 2, 3]] * 2}
   summaries = {"prompt_tuning": step, "model_tuning": step, "peft_prompt_tuning": step,
-               "prompt_tuning_dropout_0": {**step, "flops_per_step": 9.0}, "peak": peak, "torch_peak": {**peak, "peak_flops": 200.0},
+               "prompt_tuning_dropout_0": {**step, "flops_per_step": 9.0}, "peak": peak,
+               "torch_peak": {**peak, "peak_flops": 200.0},
                **{k: {"examples_per_step": 8.0} for k in
                   ("eval_rank", "hf_eval_rank", "eval_greedy", "hf_eval_greedy", "bucketing",
                    "fixed_padding", "peft_bucketing")}}
