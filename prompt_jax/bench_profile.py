@@ -30,7 +30,6 @@ from typing import Any
 _INSTR = re.compile(r"\s+(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*)")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{$")
 _NOT_KERNELS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end:")
-_STEP_EVENT = "ThunkExecutor::Execute (wait for completion)"
 
 
 def _dims(shape: str) -> list[int]:
@@ -129,9 +128,10 @@ def wall_shares(spans: list[tuple[float, float]]) -> list[float]:
   return shares
 
 
-def breakdown(trace: dict[str, Any], kernels: dict[str, dict[str, Any]],
-              top: int = 15) -> dict[str, Any]:
-  """The per-step breakdown of a Perfetto trace of `n` steps of one compiled module.
+def breakdown(trace: dict[str, Any], kernels: dict[str, dict[str, Any]], steps: int,
+              step_ms: float, top: int = 15) -> dict[str, Any]:
+  """The per-step breakdown of a Perfetto trace of `steps` steps of one compiled module,
+  which took `step_ms` each on the caller's clock.
 
   `thread_ms` adds the kernels' own durations (two kernels side by side count twice);
   `wall_ms` is their share of the wall clock (see `wall_shares`), so a group's FLOPs over
@@ -139,18 +139,17 @@ def breakdown(trace: dict[str, Any], kernels: dict[str, dict[str, Any]],
   """
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   spans = [e for e in events if e.get("ph") == "X"]
-  steps = [e for e in spans if e["name"] == _STEP_EVENT]
   # Kernels run on XLA's worker threads, or inline on the caller's thread when small: any
-  # event named after a top-level HLO instruction is one.
+  # event named after a top-level HLO instruction is one. (The executor's own "wait for
+  # completion" events are no step clock: a step that ran inline waits for nothing.)
   work = [e for e in spans if e["name"] in kernels and not e["name"].startswith(_NOT_KERNELS)]
-  if not steps or not work:
+  if not work:
     raise RuntimeError("the trace has no XLA:CPU kernel events (thunk runtime); "
                        "--profile reads CPU traces only.")
-  n = len(steps)
+  n = steps
   intervals = [(e["ts"], e["ts"] + e["dur"]) for e in work]
   shares = wall_shares(intervals)
   is_dot = [kernels[e["name"]]["flops"] > 0 for e in work]
-  step_ms = sum(e["dur"] for e in steps) / 1e3 / n
   dot_ms = _union_ms([iv for iv, d in zip(intervals, is_dot) if d]) / n
   dot_flops = sum(kernels[e["name"]]["flops"] for e, d in zip(work, is_dot) if d) / n
   groups: dict[tuple[bool, str], list[float]] = collections.defaultdict(lambda: [0.0] * 3)
@@ -189,8 +188,7 @@ def profile(cfg, out_dir: str) -> dict[str, Any]:
   out.mkdir(parents=True, exist_ok=True)
   jax.profiler.start_trace(str(out), create_perfetto_trace=True)
   try:
-    for _ in range(cfg.steps):
-      runner.step()
+    traced = [runner.step() for _ in range(cfg.steps)]
   finally:
     jax.profiler.stop_trace()
   traces = sorted(out.glob("plugins/profile/*/perfetto_trace.json.gz"),
@@ -202,7 +200,7 @@ def profile(cfg, out_dir: str) -> dict[str, Any]:
   hlo = runner.compiled.as_text()
   (out / "step.hlo.txt").write_text(hlo)
   kernels = hlo_kernels(hlo)
-  result = breakdown(trace, kernels)
+  result = breakdown(trace, kernels, steps=cfg.steps, step_ms=sum(traced) / len(traced) * 1e3)
   result.update(untraced_best_step_ms=untraced, trace=str(traces[-1]),
                 flops_per_step=runner.flops,
                 hlo_dot_gflop=sum(k["flops"] for k in kernels.values()) / 1e9)
