@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import traverse_util
 
 from prompt_jax.checkpoints import load_pretrained
 from tests.conftest import T5X_TINY
@@ -105,10 +106,8 @@ def _checkpoint_params(model_dir, step) -> dict[str, np.ndarray]:
   return _flatten(state["params"])
 
 
-def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
-  if not isinstance(tree, dict):
-    return {prefix: np.asarray(tree)}
-  return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}/{key}").items()}
+def _flatten(tree) -> dict[str, np.ndarray]:
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()}
 
 
 def _assert_positions(errs: list[str], positions: list[str]) -> None:
@@ -157,4 +156,4 @@ def test_model_tuning_saves_from_both_processes(tmp_path):
   flat_initial = _flatten(initial)
   assert saved.keys() == flat_initial.keys()
   moved = [k for k in saved if not np.array_equal(saved[k], flat_initial[k])]
-  assert "/token_embedder/embedding" in moved and len(moved) > len(saved) // 2, moved
+  assert "token_embedder/embedding" in moved and len(moved) > len(saved) // 2, moved
