@@ -146,26 +146,25 @@ def breakdown(trace: dict[str, Any], kernels: dict[str, dict[str, Any]], steps: 
   if not work:
     raise RuntimeError("the trace has no XLA:CPU kernel events (thunk runtime); "
                        "--profile reads CPU traces only.")
-  n = steps
   intervals = [(e["ts"], e["ts"] + e["dur"]) for e in work]
   shares = wall_shares(intervals)
   is_dot = [kernels[e["name"]]["flops"] > 0 for e in work]
-  dot_ms = _union_ms([iv for iv, d in zip(intervals, is_dot) if d]) / n
-  dot_flops = sum(kernels[e["name"]]["flops"] for e, d in zip(work, is_dot) if d) / n
+  dot_ms = _union_ms([iv for iv, d in zip(intervals, is_dot) if d]) / steps
+  dot_flops = sum(kernels[e["name"]]["flops"] for e, d in zip(work, is_dot) if d) / steps
   groups: dict[tuple[bool, str], list[float]] = collections.defaultdict(lambda: [0.0] * 3)
   for e, share, dot in zip(work, shares, is_dot):
     kernel = kernels[e["name"]]
     g = groups[(dot, kernel["shape"] if dot else kernel["op"])]
-    g[0] += share / 1e3 / n
-    g[1] += e["dur"] / 1e3 / n
-    g[2] += kernel["flops"] / n
+    g[0] += share / 1e3 / steps
+    g[1] += e["dur"] / 1e3 / steps
+    g[2] += kernel["flops"] / steps
   ranked = lambda dot: sorted(((k, v) for (d, k), v in groups.items() if d == dot),
                               key=lambda kv: -kv[1][0])[:top]
   return {
-      "steps": n, "step_ms": step_ms, "dot_running_ms": dot_ms, "dot_gflop": dot_flops / 1e9,
+      "steps": steps, "step_ms": step_ms, "dot_running_ms": dot_ms, "dot_gflop": dot_flops / 1e9,
       "dot_gflops_while_running": dot_flops / dot_ms / 1e6 if dot_ms else 0.0,
       "no_dot_running_ms": max(step_ms - dot_ms, 0.0),
-      "non_dot_kernel_ms": _union_ms([iv for iv, d in zip(intervals, is_dot) if not d]) / n,
+      "non_dot_kernel_ms": _union_ms([iv for iv, d in zip(intervals, is_dot) if not d]) / steps,
       "non_dot_wall_ms": sum(v[0] for (d, _), v in groups.items() if not d),
       "non_dot_by_op": [{"op": k, "wall_ms": v[0], "thread_ms": v[1]}
                         for k, v in ranked(False)],
